@@ -1,0 +1,3 @@
+"""klpd: userspace orchestration of split kernel livepatch modules (<patch>__<object>)."""
+
+__version__ = "0.1.0"
