@@ -1,0 +1,1 @@
+"""A simulated kernel for tests: fake module files, sysfs and modprobe."""
