@@ -1,0 +1,467 @@
+#!/usr/bin/env python3
+"""Run guest scenarios on Debian's real kernel under qemu (TCG), in one boot.
+
+The guest boots Debian's /boot/vmlinuz-<ver> with a small busybox initramfs
+that loads the virtio/9p/overlay modules, mounts the host's root read-only over
+9p with a tmpfs overlay on top, and switch_roots into it. There
+tests/realkernel/guest/pid1.sh installs the test modules under
+/lib/modules/<ver>/extra, runs depmod, runs each scenario script and powers
+off. Scenarios record their steps (guest/lib.sh) into a host directory shared
+writable over 9p; read_trace() turns that into the JSON trace.
+
+Every boot and every process start is slow under TCG: batch all scenarios of
+a test session into one run_guest() call.
+
+Standard library only; usable as a script:
+    python3 tests/realkernel/vm.py [--scenario PATH ...] [--out trace.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import selectors
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+DEFAULT_BUILD_DIR = REPO / "build" / "realkernel"
+GUEST_DIR = HERE / "guest"
+SCENARIO_DIR = HERE / "scenarios"
+
+# Loaded in the initramfs, dependencies first (resolved from modules.dep).
+INITRAMFS_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
+RESULTS_IN_GUEST = "/klpd-results"
+
+
+class HarnessError(RuntimeError):
+    """The VM could not be built, booted or did not finish."""
+
+
+@dataclass(frozen=True)
+class Build:
+    kver: str
+    ko_dir: Path
+
+    @property
+    def kernel(self) -> Path:
+        return Path("/boot") / f"vmlinuz-{self.kver}"
+
+
+@dataclass
+class GuestRun:
+    results_dir: Path
+    console: str
+    returncode: int | None
+    host_seconds: float
+    boot_seconds: float | None  # host wall clock from qemu start to guest PID 1
+    guest_uptime_at_pid1: float | None  # the guest's own clock then
+    markers: dict[str, float] = field(default_factory=dict)
+
+
+def _run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # type: ignore[call-overload, no-any-return]
+        argv, stdin=subprocess.DEVNULL, text=True, env={**os.environ, "LANG": "C.UTF-8"}, **kwargs
+    )
+
+
+def build_modules(build_dir: Path = DEFAULT_BUILD_DIR) -> Build:
+    """Run build.sh (idempotent) and return the kernel version and .ko directory."""
+    proc = _run(["sh", str(HERE / "build.sh"), str(build_dir)], capture_output=True)
+    if proc.returncode != 0:
+        raise HarnessError(f"build.sh failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
+    last = proc.stdout.strip().splitlines()[-1]
+    fields = dict(item.split("=", 1) for item in last.split())
+    build = Build(kver=fields["KLPD_KVER"], ko_dir=Path(fields["KLPD_KO_DIR"]))
+    if not build.kernel.exists():
+        raise HarnessError(f"kernel image {build.kernel} is missing")
+    return build
+
+
+def initramfs_module_paths(kver: str, names: tuple[str, ...] = INITRAMFS_MODULES) -> list[Path]:
+    """The .ko files for names and their dependencies, in load order."""
+    moddir = Path("/lib/modules") / kver
+    deps: dict[str, list[str]] = {}
+    for line in (moddir / "modules.dep").read_text().splitlines():
+        target, _, rest = line.partition(":")
+        deps[target] = rest.split()
+    by_name = {Path(p).name.split(".ko")[0].replace("-", "_"): p for p in deps}
+    builtin = {
+        Path(p).name.split(".ko")[0].replace("-", "_")
+        for p in (moddir / "modules.builtin").read_text().split()
+    }
+    order: list[str] = []
+
+    def visit(path: str) -> None:
+        for dep in deps[path]:
+            visit(dep)
+        if path not in order:
+            order.append(path)
+
+    for name in names:
+        if name in builtin:
+            continue
+        if name not in by_name:
+            raise HarnessError(f"module {name} not found in {moddir}/modules.dep")
+        visit(by_name[name])
+    return [moddir / p for p in order]
+
+
+INIT_SCRIPT = """#!/bin/busybox sh
+# initramfs /init: load virtio + 9p + overlay, mount the host's root read-only
+# with a tmpfs overlay, mount the results share, switch_root.
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for ko in /modules/*.ko; do
+	insmod "$ko" || echo "KLPD-INIT insmod $ko failed"
+done
+mkdir -p /lower /rw /newroot
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /lower \\
+	|| { echo "KLPD-INIT-FAILED mount hostroot"; poweroff -f; }
+mount -t tmpfs -o size=512m tmpfs /rw
+mkdir -p /rw/upper /rw/work
+mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work /newroot \\
+	|| { echo "KLPD-INIT-FAILED mount overlay"; poweroff -f; }
+mkdir -p /newroot{results}
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 results /newroot{results} \\
+	|| { echo "KLPD-INIT-FAILED mount results"; poweroff -f; }
+umount /proc /sys /dev 2>/dev/null
+exec switch_root /newroot /bin/sh {results}/boot.sh
+"""
+
+
+def build_initramfs(kver: str, out: Path) -> Path:
+    """A newc cpio with static busybox, /init and the 9p/overlay modules."""
+    busybox = Path("/bin/busybox")
+    if not busybox.exists():
+        raise HarnessError("/bin/busybox missing (apt-get install busybox-static)")
+    with tempfile.TemporaryDirectory(prefix="klpd-initramfs-") as tmp:
+        root = Path(tmp)
+        for d in ("bin", "proc", "sys", "dev", "modules"):
+            (root / d).mkdir()
+        shutil.copy2(busybox, root / "bin" / "busybox")
+        # The kernel opens /dev/console for /init before anything is mounted.
+        os.mknod(root / "dev" / "console", 0o600 | stat.S_IFCHR, os.makedev(5, 1))
+        init = root / "init"
+        init.write_text(INIT_SCRIPT.replace("{results}", RESULTS_IN_GUEST))
+        init.chmod(0o755)
+        for i, ko in enumerate(initramfs_module_paths(kver)):
+            shutil.copy2(ko, root / "modules" / f"{i:02d}-{ko.name}")
+        files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+        with out.open("wb") as f:
+            proc = subprocess.run(
+                ["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"],
+                input="\n".join(files).encode(), stdout=f, cwd=root, check=False,
+            )
+        if proc.returncode != 0:
+            raise HarnessError("cpio failed")
+    return out
+
+
+def host_depmod(build: Build, out: Path) -> Path:
+    """modules.* index files for the guest's /lib/modules/<ver>, test modules in extra/.
+
+    depmod in the guest reads every .ko over 9p: ~45 s under TCG. On the host,
+    over a tree of symlinks to the same files, it takes about a second and
+    yields the same indexes (paths in them are relative to /lib/modules/<ver>).
+    """
+    src = Path("/lib/modules") / build.kver
+    base = out / "base"
+    moddir = base / "lib" / "modules" / build.kver
+    if base.exists():
+        shutil.rmtree(base)
+    moddir.mkdir(parents=True)
+    for entry in src.iterdir():
+        if entry.name.startswith("modules.") and not entry.name.startswith(
+            ("modules.builtin", "modules.order")
+        ):
+            continue  # depmod's own output: regenerated below
+        if entry.name in ("build", "source", "extra"):
+            continue
+        (moddir / entry.name).symlink_to(entry)
+    (moddir / "extra").mkdir()
+    for ko in sorted(build.ko_dir.glob("*.ko")):
+        (moddir / "extra" / ko.name).symlink_to(ko)
+    proc = _run(["depmod", "-b", str(base), build.kver], capture_output=True)
+    if proc.returncode != 0:
+        raise HarnessError(f"depmod failed: {proc.stderr}")
+    index = out / "depmod"
+    index.mkdir(exist_ok=True)
+    for f in moddir.glob("modules.*"):
+        if not f.is_symlink():
+            shutil.copy2(f, index / f.name)
+    shutil.rmtree(base)
+    return index
+
+
+def qemu_argv(build: Build, initrd: Path, results_dir: Path, *, smp: int, mem_mb: int) -> list[str]:
+    return [
+        "qemu-system-x86_64",
+        "-accel", "tcg", "-cpu", "max", "-smp", str(smp), "-m", str(mem_mb),
+        "-nographic", "-no-reboot", "-nic", "none",
+        "-kernel", str(build.kernel), "-initrd", str(initrd),
+        "-append", "console=ttyS0 quiet panic=-1 mitigations=off rdinit=/init",
+        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        "-virtfs", f"local,path={results_dir},mount_tag=results,security_model=none",
+    ]
+
+
+def run_guest(
+    scenarios: list[Path],
+    *,
+    build: Build | None = None,
+    results_dir: Path | None = None,
+    timeout: float = 1200.0,
+    smp: int = 2,
+    mem_mb: int = 1024,
+    extra_env: dict[str, str] | None = None,
+    echo_console: bool = False,
+) -> GuestRun:
+    """Boot once, run every scenario in order, power off; return what was recorded."""
+    if shutil.which("qemu-system-x86_64") is None:
+        raise HarnessError("qemu-system-x86_64 missing (apt-get install qemu-system-x86)")
+    build = build or build_modules()
+    results_dir = results_dir or Path(tempfile.mkdtemp(prefix="klpd-vm-"))
+    results_dir.mkdir(parents=True, exist_ok=True)
+    initrd = build_initramfs(build.kver, results_dir / "initramfs.cpio")
+    host_depmod(build, results_dir)
+    # The guest mounts tmpfs on /tmp: give it the scenarios from the results share.
+    guest_scenarios = []
+    (results_dir / "scenarios").mkdir(exist_ok=True)
+    for i, s in enumerate(scenarios):
+        copy = results_dir / "scenarios" / Path(s).name
+        if copy.exists() and i:
+            copy = results_dir / "scenarios" / f"{i}-{Path(s).name}"
+        shutil.copy2(s, copy)
+        guest_scenarios.append(f"{RESULTS_IN_GUEST}/scenarios/{copy.name}")
+    env = {
+        "KLPD_KVER": build.kver,
+        "KLPD_KO_DIR": str(build.ko_dir),
+        "KLPD_SCENARIOS": " ".join(guest_scenarios),
+        "KLPD_RESULTS": RESULTS_IN_GUEST,
+        "KLPD_LIB": str(GUEST_DIR / "lib.sh"),
+        "KLPD_REPO": str(REPO),
+        **(extra_env or {}),
+    }
+    boot_sh = "".join(f"export {k}='{v}'\n" for k, v in env.items())
+    (results_dir / "boot.sh").write_text(f"{boot_sh}exec /bin/sh {GUEST_DIR / 'pid1.sh'}\n")
+
+    argv = qemu_argv(build, initrd, results_dir, smp=smp, mem_mb=mem_mb)
+    (results_dir / "qemu.argv").write_text(json.dumps(argv))
+    start = time.monotonic()
+    markers: dict[str, float] = {}
+    console: list[str] = []
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    buf = b""
+    try:
+        while True:
+            left = timeout - (time.monotonic() - start)
+            if left <= 0:
+                raise HarnessError(
+                    f"guest did not finish in {timeout:.0f}s; console tail:\n"
+                    + "".join(console)[-4000:]
+                )
+            if not sel.select(timeout=min(left, 5.0)):
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                line = raw.decode("utf-8", "replace").rstrip("\r") + "\n"
+                console.append(line)
+                if echo_console:
+                    sys.stderr.write(line)
+                m = re.search(r"KLPD-([A-Z-]+)", line)
+                if m and m.group(1) not in markers:
+                    markers[m.group(1)] = time.monotonic() - start
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sel.close()
+    console.append(buf.decode("utf-8", "replace"))
+    text = "".join(console)
+    (results_dir / "console.log").write_text(text)
+    uptime = results_dir / "guest-up"
+    run = GuestRun(
+        results_dir=results_dir,
+        console=text,
+        returncode=proc.returncode,
+        host_seconds=time.monotonic() - start,
+        boot_seconds=markers.get("GUEST-UP"),
+        guest_uptime_at_pid1=float(uptime.read_text()) if uptime.exists() else None,
+        markers=markers,
+    )
+    if "GUEST-DONE" not in markers:
+        raise HarnessError(
+            f"guest did not finish (qemu rc {proc.returncode}); console tail:\n{text[-4000:]}"
+        )
+    return run
+
+
+# ---- results -> JSON trace ---------------------------------------------------
+
+_DMESG = re.compile(r"^\[\s*(\d+\.\d+)\]\s?(.*)$")
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _parse_livepatch(text: str) -> dict[str, object]:
+    """sysfs lines -> {patch: {attr: value, "objects": {obj: {attr: value, "funcs": [..]}}}}."""
+    tree: dict[str, dict] = {}
+    prefix = "/sys/kernel/livepatch/"
+    for line in text.splitlines():
+        kind, _, rest = line.partition(" ")
+        path, _, value = rest.partition(" ")
+        parts = path[len(prefix):].split("/")
+        patch = tree.setdefault(parts[0], {"objects": {}})
+        if len(parts) == 1:
+            continue
+        if kind == "d":
+            if len(parts) == 2:
+                patch["objects"].setdefault(parts[1], {"funcs": []})
+            elif len(parts) == 3:
+                obj = patch["objects"].setdefault(parts[1], {"funcs": []})
+                obj["funcs"].append(parts[2])
+            continue
+        val: str | None = value if kind == "f" else None  # None: not readable
+        if len(parts) == 2:
+            patch[parts[1]] = val
+        elif len(parts) == 3:
+            patch["objects"].setdefault(parts[1], {"funcs": []})[parts[2]] = val
+    return tree
+
+
+def _parse_modules(text: str) -> dict[str, dict[str, object]]:
+    mods = {}
+    for line in text.splitlines():
+        f = line.split()
+        # name size refcnt users state address [taints]
+        mods[f[0]] = {"refcnt": int(f[2]), "users": f[3], "state": f[4],
+                      "taints": f[6].strip("()") if len(f) > 6 else ""}
+    return mods
+
+
+def _parse_values(text: str) -> dict[str, str]:
+    vals = {}
+    for line in text.splitlines():
+        k, _, v = line.partition(" ")
+        vals[k] = v
+    return vals
+
+
+def _parse_dmesg(text: str) -> list[list[object]]:
+    out: list[list[object]] = []
+    for line in text.splitlines():
+        m = _DMESG.match(line)
+        out.append([float(m.group(1)), m.group(2)] if m else [None, line])
+    return out
+
+
+def read_scenario(out: Path) -> dict[str, object]:
+    steps = []
+    for d in sorted((out / "steps").iterdir()) if (out / "steps").exists() else []:
+        t0, t1 = (float(x) for x in _read(d / "time").split())
+        steps.append({
+            "n": int(d.name),
+            "name": _read(d / "name").strip(),
+            "cmd": _read(d / "cmd").strip(),
+            "rc": int(_read(d / "rc").strip()),
+            "stdout": _read(d / "stdout"),
+            "stderr": _read(d / "stderr"),
+            "t0": t0,
+            "seconds": round(t1 - t0, 2),
+            "livepatch": _parse_livepatch(_read(d / "livepatch")),
+            "modules": _parse_modules(_read(d / "modules")),
+            "values": _parse_values(_read(d / "values")),
+            "dmesg": _parse_dmesg(_read(d / "dmesg")),
+        })
+    return {"rc": int(_read(out / "rc").strip() or -1), "steps": steps,
+            "log": _read(out / "scenario.log")}
+
+
+def transitions_from_dmesg(dmesg: list[list[object]]) -> list[dict[str, object]]:
+    """Each livepatch transition: patch, direction, start and end (kernel clock)."""
+    starts: dict[str, tuple[str, float]] = {}
+    out = []
+    for ts, msg in dmesg:
+        m = re.search(r"livepatch: '([^']+)': starting (patching|unpatching) transition", str(msg))
+        if m and ts is not None:
+            starts[m.group(1)] = (m.group(2), float(ts))  # type: ignore[arg-type]
+            continue
+        m = re.search(r"livepatch: '([^']+)': (patching|unpatching) complete", str(msg))
+        if m and m.group(1) in starts and ts is not None:
+            kind, t0 = starts.pop(m.group(1))
+            out.append({"patch": m.group(1), "direction": kind, "start": t0,
+                        "seconds": round(float(ts) - t0, 6)})  # type: ignore[arg-type]
+    return out
+
+
+def read_trace(run: GuestRun) -> dict[str, object]:
+    rd = run.results_dir
+    scenarios = {}
+    for d in sorted(p for p in rd.iterdir() if p.is_dir() and (p / "rc").exists()):
+        scenarios[d.name] = read_scenario(d)
+    dmesg = _parse_dmesg(_read(rd / "dmesg"))
+    return {
+        "kernel": _read(rd / "uname-r").strip(),
+        "host_seconds": round(run.host_seconds, 2),
+        "boot_seconds": round(run.boot_seconds, 2) if run.boot_seconds else None,
+        "guest_uptime_at_pid1": run.guest_uptime_at_pid1,
+        "transitions": transitions_from_dmesg(dmesg),
+        "scenarios": scenarios,
+        "dmesg": dmesg,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenario", action="append", type=Path,
+                    help="guest scenario script (repeatable; default: scenarios/kernel_facts.sh)")
+    ap.add_argument("--out", type=Path, help="write the JSON trace here")
+    ap.add_argument("--results-dir", type=Path)
+    ap.add_argument("--smp", type=int, default=2)
+    ap.add_argument("--timeout", type=float, default=1200.0)
+    ap.add_argument("--quiet", action="store_true", help="do not echo the guest console")
+    args = ap.parse_args(argv)
+    scenarios = args.scenario or [SCENARIO_DIR / "kernel_facts.sh"]
+    try:
+        run = run_guest(scenarios, results_dir=args.results_dir, timeout=args.timeout,
+                        smp=args.smp, echo_console=not args.quiet)
+    except HarnessError as e:
+        print(f"vm.py: {e}", file=sys.stderr)
+        return 1
+    trace = read_trace(run)
+    text = json.dumps(trace, indent=1)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(f"boot {trace['boot_seconds']} s to guest PID 1, whole run {trace['host_seconds']} s, "
+          f"results in {run.results_dir}", file=sys.stderr)
+    for name, sc in trace["scenarios"].items():  # type: ignore[union-attr]
+        print(f"scenario {name}: rc {sc['rc']}, {len(sc['steps'])} steps", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
