@@ -1,0 +1,209 @@
+"""``klpd``: the daemon's entry point and wiring. One asyncio loop, no threads.
+
+Order at start-up matters for crash-only behaviour: the uevent monitor is armed *before*
+the first reconcile reads sysfs, so a module that comes while we read is seen either in
+sysfs or as an event; READY=1 is sent once the bus name is owned, the monitor is armed and
+the first reconcile is planned. Stopping never unloads anything (kpatch learnt why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from klpd import __version__
+from klpd.config import DEFAULT_PATH, Config, ConfigError, load_config
+from klpd.kstate import livepatch_supported
+from klpd.orchestrator import Orchestrator
+from klpd.sdnotify import Notifier
+from klpd.status import Event, EventKind, Snapshot
+from klpd.udev import ModuleEvent, UdevSource
+
+log = logging.getLogger("klpd")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+EXIT_UNSUPPORTED = 3
+
+
+def status_line(snap: Snapshot) -> str:
+    """What ``systemctl status`` shows: "converged: 2 patches, 5 objects"."""
+    applied = [p for p in snap.patches if p.desired]
+    objects = {m.obj for p in applied for m in p.modules if m.status == "applied"}
+    text = f"{snap.state}: {len(applied)} patches, {len(objects)} objects"
+    if snap.transition is not None:
+        text += f"; transition {snap.transition.module} -> {snap.transition.target}"
+        if snap.transition.stalled:
+            text += " (stalled)"
+    elif snap.last_error and snap.state != "converged":
+        text += f"; {snap.last_error}"
+    return text[:200]
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: Path | None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.notifier = Notifier()
+        self.orchestrator = Orchestrator(config, config_loader=self._load_config)
+        self._stop = asyncio.Event()
+        self._dbus: object | None = None
+
+    def _load_config(self) -> Config:
+        self.config = load_config(self.config_path)
+        return self.config
+
+    def _on_module_event(self, ev: ModuleEvent) -> None:
+        if ev.action == "add":
+            self.orchestrator.module_added(ev.module)
+        else:
+            self.orchestrator.module_removed(ev.module)
+
+    def _on_event(self, ev: Event) -> None:
+        if ev.kind is EventKind.STATE_CHANGED:
+            snap = self.orchestrator.snapshot()
+            self.notifier.status(status_line(snap))
+            self._write_metrics(snap)
+
+    def _write_metrics(self, snap: Snapshot) -> None:
+        path = self.config.metrics.textfile
+        if not path:
+            return
+        from klpd.metrics import render_metrics, write_textfile
+
+        c = self.orchestrator.counters
+        try:
+            write_textfile(
+                Path(path),
+                render_metrics(snap, transitions=c.transitions, failures=c.failures),
+            )
+        except OSError as e:
+            log.warning("cannot write metrics to %s: %s", path, e)
+
+    def _write_softdeps(self) -> None:
+        sd = self.config.softdep
+        if not sd.enabled:
+            return
+        from klpd.softdep import render_softdeps, write_softdeps
+
+        try:
+            write_softdeps(Path(sd.path), render_softdeps(self.orchestrator.catalog))
+        except OSError as e:
+            log.warning("cannot write %s: %s", sd.path, e)
+
+    async def _reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            await self.orchestrator.reload()
+            self._write_softdeps()
+            log.info("configuration reloaded")
+        except Exception as e:
+            log.error("reload failed, keeping the previous configuration: %s", e)
+        self.notifier.ready(status_line(self.orchestrator.snapshot()))
+
+    async def _watchdog(self, interval: float) -> None:
+        # Pinged from the event loop itself: a wedged loop stops the pings.
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval / 2)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        orch = self.orchestrator
+        orch.subscribe(self._on_event)
+        orch.rescan()
+        self._write_softdeps()
+
+        source = UdevSource(
+            self._on_module_event,
+            orch.resync,
+            receive_buffer=self.config.events.receive_buffer,
+        )
+        source.start(loop)
+
+        if self.config.dbus.enabled:
+            from klpd.dbus.service import start_dbus
+
+            self._dbus = await start_dbus(orch, self.config.dbus.bus)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload()))
+
+        first = orch.plan_now(orch.read_state())
+        log.info("start-up: %d actions planned", len(first))
+        runner = loop.create_task(orch.run(), name="reconcile")
+        tasks = [runner]
+        interval = self.notifier.watchdog_interval()
+        if interval:
+            tasks.append(loop.create_task(self._watchdog(interval), name="watchdog"))
+        self.notifier.ready(status_line(orch.snapshot()))
+
+        stop_wait = loop.create_task(self._stop.wait())
+        await asyncio.wait([stop_wait, runner], return_when=asyncio.FIRST_COMPLETED)
+        self.notifier.stopping()
+        log.info("stopping; livepatches stay as they are")
+        orch.stop()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        source.stop()
+        if self._dbus is not None:
+            await self._dbus.close()  # type: ignore[attr-defined]
+        return EXIT_OK
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="klpd", description="Orchestrate split kernel livepatch modules."
+    )
+    p.add_argument(
+        "--config", type=Path, help=f"configuration file (default {DEFAULT_PATH})"
+    )
+    p.add_argument(
+        "--check-config", action="store_true", help="validate the configuration and exit"
+    )
+    p.add_argument("--bus", help="D-Bus bus: system, session, or an address (overrides dbus.bus)")
+    p.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    p.add_argument("--version", action="version", version=f"klpd {__version__}")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config)
+        if args.bus:
+            config = config.with_overrides({"dbus": {"bus": args.bus}})
+    except ConfigError as e:
+        print(f"klpd: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check_config:
+        print(f"klpd: configuration {args.config or DEFAULT_PATH} is valid")
+        return EXIT_OK
+
+    from klpd.logs import setup_logging
+
+    setup_logging("debug" if args.debug else config.logging.level, config.logging.target)
+    if not livepatch_supported(Path(config.kernel.sysfs_root)):
+        log.error(
+            "this kernel has no livepatch support (%s/kernel/livepatch is missing)",
+            config.kernel.sysfs_root,
+        )
+        return EXIT_UNSUPPORTED
+    try:
+        return asyncio.run(Daemon(config, args.config).run())
+    except Exception as e:
+        if args.debug:
+            raise
+        log.error("klpd failed: %s", e)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,578 @@
+"""The orchestrator: one asyncio loop that keeps the kernel's livepatches as planned.
+
+It reads the kernel, asks the pure planner what to do, does the *first* action only, and
+reads the kernel again — so every step is decided from the truth, and killing klpd at any
+point loses nothing: the next start reconciles from sysfs the same way.
+
+One kernel transition at a time: before any load or disable it waits for a running
+transition to end, polling ``transition`` only while one is in progress, and it retries the
+EBUSY that a transition started by someone else still causes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from klpd import kstate
+from klpd.catalog import ModinfoCache, scan_catalog
+from klpd.config import Config
+from klpd.model import (
+    Action,
+    ActionKind,
+    BlockingTask,
+    Catalog,
+    KernelState,
+    OverallState,
+)
+from klpd.modprobe import Failure, modprobe, rmmod
+from klpd.planner import Selection, plan, select_desired
+from klpd.report import build_snapshot, overall_state
+from klpd.status import (
+    ControlError,
+    Event,
+    EventKind,
+    Listener,
+    Snapshot,
+    TransitionReport,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Counters:
+    transitions: int = 0
+    failures: int = 0
+    reconciles: int = 0
+    modprobe_calls: int = 0
+    resyncs: int = 0
+
+
+@dataclass
+class _Transition:
+    module: str
+    patch: str
+    target_patched: bool
+    started_at: float
+    stalled: bool = False
+    blocking: tuple[BlockingTask, ...] = ()
+
+    def report(self) -> TransitionReport:
+        return TransitionReport(
+            module=self.module,
+            target="patched" if self.target_patched else "unpatched",
+            started_at=self.started_at,
+            stalled=self.stalled,
+            blocking=self.blocking,
+        )
+
+
+@dataclass
+class _Runtime:
+    """What the orchestrator remembers between passes; all of it can be rebuilt from sysfs
+    except ``failures`` (why a module failed) and operator overrides (persisted)."""
+
+    failures: dict[str, str] = field(default_factory=dict)
+    avoid: set[str] = field(default_factory=set)
+    refused: set[str] = field(default_factory=set)
+    applied_seen: set[str] = field(default_factory=set)
+    disabling: set[str] = field(default_factory=set)
+
+
+class Orchestrator:
+    def __init__(self, config: Config, *, config_loader: Callable[[], Config] | None = None):
+        self._config = config
+        self._config_loader = config_loader
+        self._cache = ModinfoCache()
+        self._listeners: list[Listener] = []
+        self._dirty = asyncio.Event()
+        self._converged = asyncio.Event()
+        self._stopping = False
+        self._rt = _Runtime()
+        self._transition: _Transition | None = None
+        self._last_error = ""
+        self._last_reconcile = 0.0
+        self._pending: list[Action] = []
+        self.counters = Counters()
+        self._apply_config(config)
+        self._disabled = self._load_overrides()
+        self._catalog = Catalog()
+        self._selection = Selection(frozenset(), {})
+        self._state = KernelState(release=self._release)
+        self._snapshot: Snapshot | None = None
+
+    # --- configuration and persistent overrides ------------------------------------------
+
+    def _apply_config(self, config: Config) -> None:
+        self._config = config
+        k = config.kernel
+        self._sysfs = Path(k.sysfs_root)
+        self._proc = Path(k.proc_root)
+        self._release = k.read_release()
+        self._catalog_dirs = [Path(d) for d in config.catalog.resolve(self._release)]
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def _overrides_path(self) -> Path:
+        return Path(self._config.state.directory) / "overrides.json"
+
+    def _load_overrides(self) -> set[str]:
+        try:
+            data = json.loads(self._overrides_path.read_text())
+            return {str(n) for n in data.get("disabled", [])}
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError, AttributeError) as e:
+            log.error("ignoring unreadable %s: %s", self._overrides_path, e)
+            return set()
+
+    def _save_overrides(self) -> None:
+        path = self._overrides_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"disabled": sorted(self._disabled)}) + "\n")
+        os.replace(tmp, path)
+
+    # --- the Controller protocol (what D-Bus adapts) -------------------------------------
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def snapshot(self) -> Snapshot:
+        if self._snapshot is None:
+            self._snapshot = self._build_snapshot()
+        return self._snapshot
+
+    def blocking_tasks(self) -> tuple[BlockingTask, ...]:
+        t = self._transition
+        if t is None:
+            return ()
+        return kstate.blocking_tasks(self._proc, t.target_patched)
+
+    async def reload(self) -> None:
+        if self._config_loader is not None:
+            try:
+                self._apply_config(self._config_loader())
+            except Exception as e:  # a bad new file keeps the old config
+                self._set_error(f"configuration reload failed, keeping the old one: {e}")
+                raise ControlError("failed", str(e)) from e
+        self._rt.avoid.clear()
+        self._rt.failures.clear()
+        self.rescan()
+        self.request_reconcile("reload")
+
+    async def enable_patch(self, name: str) -> None:
+        self._require_patch(name)
+        if name in self._disabled:
+            self._disabled.discard(name)
+            self._save_overrides()
+        self._clear_failures_of(name)
+        self._reselect()
+        self.request_reconcile(f"enable {name}")
+
+    async def disable_patch(self, name: str) -> None:
+        self._require_patch(name)
+        if name not in self._disabled:
+            self._disabled.add(name)
+            self._save_overrides()
+        self._reselect()
+        self.request_reconcile(f"disable {name}")
+
+    async def wait_converged(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._converged.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _require_patch(self, name: str) -> None:
+        if name not in self._catalog.patches:
+            raise ControlError("unknown-patch", f"no installed patch named {name!r}")
+
+    def _clear_failures_of(self, patch: str) -> None:
+        p = self._catalog.patches.get(patch)
+        for pm in p.modules.values() if p else ():
+            self._rt.avoid.discard(pm.module)
+            self._rt.failures.pop(pm.module, None)
+
+    # --- inputs: catalog, events ----------------------------------------------------------
+
+    def rescan(self) -> Catalog:
+        self._catalog = scan_catalog(self._catalog_dirs, previous=self._catalog, cache=self._cache)
+        for problem in self._catalog.problems:
+            log.warning("catalog: %s: %s", problem.path, problem.message)
+        self._reselect()
+        return self._catalog
+
+    def _reselect(self) -> None:
+        p = self._config.patches
+        self._selection = select_desired(
+            self._catalog,
+            explicit=p.desired,
+            exclude=p.exclude,
+            pin=p.pin,
+            disabled=self._disabled | self._rt.refused,
+        )
+        self._publish()
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
+
+    def module_added(self, module: str) -> None:
+        """A module came: a failed ``P__<module>`` gets another chance, then reconcile."""
+        for patch in self._catalog.patches.values():
+            pm = patch.modules.get(module)
+            if pm is not None:
+                self._rt.avoid.discard(pm.module)
+        self.request_reconcile(f"add {module}")
+
+    def module_removed(self, module: str) -> None:
+        self.request_reconcile(f"remove {module}")
+
+    def resync(self, why: str) -> None:
+        self.counters.resyncs += 1
+        self.request_reconcile(f"resync: {why}")
+
+    def request_reconcile(self, why: str) -> None:
+        log.debug("reconcile requested: %s", why)
+        self._converged.clear()
+        self._dirty.set()
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Reconcile whenever asked, until :meth:`stop`."""
+        self._dirty.set()
+        while not self._stopping:
+            await self._dirty.wait()
+            if self._stopping:
+                break
+            self._dirty.clear()
+            try:
+                await self.reconcile()
+            except Exception as e:  # never die on one bad pass: say it, try again on next event
+                log.exception("reconcile failed")
+                self._set_error(f"reconcile failed: {e}")
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._dirty.set()
+
+    def read_state(self) -> KernelState:
+        return kstate.read_kernel_state(self._sysfs, self._proc, self._release)
+
+    def plan_now(self, state: KernelState) -> list[Action]:
+        return plan(
+            self._catalog,
+            state,
+            self._selection.desired,
+            self._config.policy.on_object_removed,
+            frozenset(self._rt.avoid),
+            frozenset(self._rt.refused),
+        )
+
+    async def reconcile(self) -> None:
+        """Plan and act, one action at a time, until the plan is empty."""
+        self.counters.reconciles += 1
+        while not self._stopping:
+            state = self.read_state()
+            self._notice_wiped(state)
+            if state.transition is not None:
+                # Someone's transition (ours from a previous life, or another tool's).
+                await self._wait_transition(state.transition.name, state.transition.enabled)
+                continue
+            actions = self.plan_now(state)
+            self._state, self._pending = state, actions
+            if not actions:
+                if self._objects_coming(state):
+                    # Before 5.11 the add uevent precedes init: wait for "live".
+                    await asyncio.sleep(self._config.transition.poll_interval)
+                    continue
+                break
+            self._publish()
+            await self._execute(actions[0])
+        self._last_reconcile = time.time()
+        self._publish()
+        if not self._pending and self._state.transition is None:
+            self._converged.set()
+
+    def _objects_coming(self, state: KernelState) -> bool:
+        wanted = {o for n in self._selection.desired for o in self._catalog.patches[n].objects}
+        return any(m.initstate == "coming" for name, m in state.modules.items() if name in wanted)
+
+    def _notice_wiped(self, state: KernelState) -> None:
+        """A patch we saw applied vanished without us disabling it: replaced by someone's
+        atomic-replace patch. Say it loudly; the planner restores the patch (stale → reload)
+        and, if the replace patch is ours, takes it away."""
+        managed = self._catalog.by_module()
+        now_applied = {n for n, lp in state.livepatches.items() if lp.enabled}
+        gone = {
+            n
+            for n in self._rt.applied_seen - now_applied - self._rt.disabling
+            if n in state.modules and n in managed
+        }
+        for name, lp in state.livepatches.items():
+            if lp.replace and name in managed and managed[name].patch not in self._rt.refused:
+                self._refuse_replace(managed[name].patch, f"sysfs shows {name} replace=1")
+        if gone:
+            culprits = [n for n in now_applied - self._rt.applied_seen if n in state.livepatches]
+            msg = (
+                f"livepatches {', '.join(sorted(gone))} were replaced by an atomic-replace "
+                f"patch ({', '.join(sorted(culprits)) or 'unknown'}); restoring them"
+            )
+            log.error(msg, extra={"ACTION": "replace-detected"})
+            self._set_error(msg)
+            for c in culprits:
+                if c in managed:
+                    self._refuse_replace(managed[c].patch, msg)
+        self._rt.applied_seen = now_applied
+
+    def _refuse_replace(self, patch: str, why: str) -> None:
+        log.error("refusing atomic-replace patch %s: %s", patch, why, extra={"PATCH": patch})
+        self._rt.refused.add(patch)
+        self._reselect()
+        self._emit(Event(EventKind.PATCH_FAILED, patch=patch, detail=f"atomic-replace: {why}"))
+
+    # --- actions ------------------------------------------------------------------------------
+
+    async def _execute(self, action: Action) -> None:
+        extra = {
+            "PATCH": action.patch,
+            "OBJECT": action.obj,
+            "MODULE": action.module,
+            "ACTION": str(action.kind),
+        }
+        log.info("%s", action, extra=extra)
+        if action.kind is ActionKind.LOAD:
+            await self._load(action)
+        elif action.kind is ActionKind.DISABLE:
+            await self._disable(action)
+        else:
+            await self._unload(action)
+
+    def _fail(self, action: Action, message: str) -> None:
+        self.counters.failures += 1
+        self._rt.failures[action.module] = message
+        self._rt.avoid.add(action.module)
+        self._set_error(f"{action}: {message}")
+        log.error(
+            "%s failed: %s",
+            action,
+            message,
+            extra={"PATCH": action.patch, "MODULE": action.module, "ACTION": str(action.kind)},
+        )
+        self._emit(Event(EventKind.PATCH_FAILED, action.patch, action.module, message))
+
+    async def _load(self, action: Action) -> None:
+        retry = self._config.retry
+        for attempt in range(1, retry.ebusy_attempts + 1):
+            self.counters.modprobe_calls += 1
+            res = await modprobe(
+                self._config.kernel.modprobe, action.module, timeout=retry.modprobe_timeout
+            )
+            if res.ok:
+                break
+            if res.failure is Failure.BUSY and attempt < retry.ebusy_attempts:
+                log.info("%s: EBUSY, retry %d in %.2fs", action, attempt, retry.backoff(attempt))
+                await self._wait_quiet()
+                await asyncio.sleep(retry.backoff(attempt))
+                continue
+            self._fail(action, res.describe())
+            return
+        self._rt.failures.pop(action.module, None)
+        lp = kstate.read_livepatch(self._sysfs, action.module)
+        if lp is None:
+            self._fail(action, "loaded, but it is not a livepatch (no /sys/kernel/livepatch entry)")
+            return
+        if lp.replace:
+            self._refuse_replace(action.patch, f"{action.module} is an atomic-replace patch")
+        if lp.transition:
+            await self._wait_transition(action.module, True, patch=action.patch)
+        if kstate.read_livepatch(self._sysfs, action.module) is not None:
+            self._rt.applied_seen.add(action.module)
+            self._emit(Event(EventKind.PATCH_APPLIED, action.patch, action.module))
+
+    async def _disable(self, action: Action) -> None:
+        retry = self._config.retry
+        self._rt.disabling.add(action.module)
+        try:
+            for attempt in range(1, retry.ebusy_attempts + 1):
+                await self._wait_quiet()
+                try:
+                    kstate.write_attr(self._sysfs, action.module, "enabled", "0\n")
+                    break
+                except FileNotFoundError:
+                    return  # already gone
+                except OSError as e:
+                    if e.errno == errno.EBUSY and attempt < retry.ebusy_attempts:
+                        await asyncio.sleep(retry.backoff(attempt))
+                        continue
+                    self._fail(action, f"cannot disable: {os.strerror(e.errno or 0)}")
+                    return
+            self.counters.transitions += 1
+            await self._wait_transition(action.module, False, patch=action.patch)
+            # The sysfs directory goes (and the module's reference drops) in a work item
+            # after the transition: wait for it so the unload that follows can succeed.
+            await self._wait_until(
+                lambda: not (self._sysfs / "kernel/livepatch" / action.module).exists(),
+                self._config.transition.revert_timeout,
+            )
+        finally:
+            self._rt.disabling.discard(action.module)
+            self._rt.applied_seen.discard(action.module)
+
+    async def _unload(self, action: Action) -> None:
+        retry = self._config.retry
+        for attempt in range(1, retry.ebusy_attempts + 1):
+            self.counters.modprobe_calls += 1
+            res = await rmmod(
+                self._config.kernel.rmmod, action.module, timeout=retry.modprobe_timeout
+            )
+            if res.ok:
+                self._emit(Event(EventKind.PATCH_RETIRED, action.patch, action.module))
+                return
+            if res.failure is Failure.IN_USE and attempt < retry.ebusy_attempts:
+                await asyncio.sleep(retry.backoff(attempt))
+                continue
+            self._fail(action, res.describe())
+            return
+
+    # --- transitions --------------------------------------------------------------------------
+
+    async def _wait_quiet(self) -> None:
+        """Wait for any running transition (ours or another tool's) to end."""
+        while (t := self.read_state().transition) is not None:
+            await self._wait_transition(t.name, t.enabled)
+
+    async def _wait_until(self, cond: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(self._config.transition.poll_interval)
+        return True
+
+    async def _wait_transition(self, module: str, target_patched: bool, patch: str = "") -> str:
+        """Poll ``transition`` until 0; on a stall apply ``transition.on_stall``.
+
+        Returns "done", "reverted" or "forced".
+        """
+        cfg = self._config.transition
+        t = _Transition(module, patch, target_patched, time.time())
+        self._transition = t
+        self.counters.transitions += target_patched
+        self._emit(Event(EventKind.TRANSITION_STARTED, patch, module, t.report().target))
+        self._publish()
+        started = time.monotonic()
+        outcome = "done"
+        try:
+            while kstate.transition_in_progress(self._sysfs, module):
+                waited = time.monotonic() - started
+                if not t.stalled and waited >= cfg.stall_timeout:
+                    t.stalled = True
+                    t.blocking = kstate.blocking_tasks(self._proc, target_patched)
+                    who = ", ".join(f"{b.comm}[{b.pid}]" for b in t.blocking) or "unknown"
+                    msg = f"transition of {module} stalled for {waited:.1f}s on {who}"
+                    log.warning(msg, extra={"MODULE": module, "ACTION": "stall"})
+                    self._set_error(msg)
+                    self._emit(Event(EventKind.TRANSITION_STALLED, patch, module, msg))
+                    self._publish()
+                    outcome = await self._on_stall(t, msg)
+                    if outcome != "wait":
+                        break
+                    outcome = "done"
+                await asyncio.sleep(cfg.poll_interval)
+        finally:
+            self._transition = None
+        self._emit(Event(EventKind.TRANSITION_FINISHED, patch, module, outcome))
+        self._publish()
+        return outcome
+
+    async def _on_stall(self, t: _Transition, msg: str) -> str:
+        policy = self._config.transition.on_stall
+        if policy == "wait" or t.module not in self._catalog.by_module():
+            # Another tool's transition is its business: report it, never revert it.
+            return "wait"
+        if policy == "force":
+            log.warning("forcing transition of %s: the module can never be removed", t.module)
+            kstate.write_attr(self._sysfs, t.module, "force", "1\n")
+            await self._wait_until(
+                lambda: not kstate.transition_in_progress(self._sysfs, t.module),
+                self._config.transition.revert_timeout,
+            )
+            return "forced"
+        # revert: writing the opposite value to `enabled` reverses the transition
+        log.warning("reverting stalled transition of %s", t.module, extra={"MODULE": t.module})
+        try:
+            kstate.write_attr(
+                self._sysfs, t.module, "enabled", "0\n" if t.target_patched else "1\n"
+            )
+        except OSError as e:
+            log.error("cannot revert %s: %s", t.module, e)
+            return "wait"
+        await self._wait_until(
+            lambda: not kstate.transition_in_progress(self._sysfs, t.module),
+            self._config.transition.revert_timeout,
+        )
+        if t.target_patched:
+            self._rt.failures[t.module] = f"{msg}; reverted"
+            self._rt.avoid.add(t.module)
+            self.counters.failures += 1
+            self._emit(Event(EventKind.PATCH_FAILED, t.patch, t.module, f"{msg}; reverted"))
+        return "reverted"
+
+    # --- reporting ------------------------------------------------------------------------------
+
+    def _set_error(self, message: str) -> None:
+        self._last_error = message
+
+    def _emit(self, event: Event) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener failed on %s", event.kind)
+
+    def _build_snapshot(self) -> Snapshot:
+        stalled = bool(self._transition and self._transition.stalled)
+        overall = overall_state(
+            supported=kstate.livepatch_supported(self._sysfs),
+            pending=self._pending,
+            state=self._state,
+            failures=self._rt.failures,
+            stalled=stalled,
+        )
+        if self._transition is not None and overall is OverallState.CONVERGED:
+            overall = OverallState.CONVERGING
+        return build_snapshot(
+            catalog=self._catalog,
+            state=self._state,
+            desired=self._selection.desired,
+            notes=self._selection.notes,
+            refused=frozenset(self._rt.refused),
+            pending=self._pending,
+            failures=self._rt.failures,
+            transition=self._transition.report() if self._transition else None,
+            overall=overall,
+            last_error=self._last_error,
+            last_reconcile=self._last_reconcile,
+        )
+
+    def _publish(self) -> None:
+        """Recompute the snapshot; tell listeners when anything they can see changed."""
+        before = self._snapshot
+        self._snapshot = self._build_snapshot()
+        if before is None or before.to_dict() != self._snapshot.to_dict():
+            self._emit(Event(EventKind.STATE_CHANGED, detail=self._snapshot.state.value))
