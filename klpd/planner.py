@@ -208,7 +208,11 @@ def plan(
     # 2. Desired patches, older series versions first so an upgrade stacks on top.
     complete: dict[str, bool] = {}
     for patch in sorted(
-        (catalog.patches[n] for n in desired if n in catalog.patches and n not in refused),
+        (
+            catalog.patches[n]
+            for n in desired
+            if n in catalog.patches and n not in refused and not catalog.patches[n].replace
+        ),
         key=lambda p: (p.series, p.version, p.name),
     ):
         complete[patch.name] = _plan_patch(out, patch, state, policy, avoid)
