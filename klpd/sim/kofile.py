@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import lzma
+import random
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ _SHT_SYMTAB = 2
 _SHT_STRTAB = 3
 _SHF_WRITE = 0x1
 _SHF_ALLOC = 0x2
+_SHF_EXECINSTR = 0x4
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +71,13 @@ def modinfo_bytes(name: str, modinfo: Mapping[str, str | Sequence[str]]) -> byte
     return b"".join(f"{k}={v}".encode() + b"\0" for k, v in entries)
 
 
-def elf_relocatable(modinfo_payload: bytes) -> bytes:
-    """An ELF64 x86-64 ``ET_REL`` image holding ``modinfo_payload`` as ``.modinfo``."""
+def elf_relocatable(modinfo_payload: bytes, text: bytes = b"") -> bytes:
+    """An ELF64 x86-64 ``ET_REL`` image holding ``modinfo_payload`` as ``.modinfo``.
+
+    ``text`` fills ``.text``, placed first as in real modules, to give files a real size.
+    """
     sections = [
+        _Section(".text", _SHT_PROGBITS, text, flags=_SHF_ALLOC | _SHF_EXECINSTR, align=16),
         _Section(".modinfo", _SHT_PROGBITS, modinfo_payload, flags=_SHF_ALLOC, align=8),
         _Section(
             ".gnu.linkonce.this_module",
@@ -85,7 +91,7 @@ def elf_relocatable(modinfo_payload: bytes) -> bytes:
             ".symtab",
             _SHT_SYMTAB,
             _SYMBOL.pack(0, 0, 0, 0, 0, 0),
-            link=4,
+            link=5,
             info=1,
             align=8,
             entsize=_SYMBOL.size,
@@ -151,8 +157,13 @@ def write_ko(
     path: Path,
     modinfo: Mapping[str, str | Sequence[str]],
     compression: str = "none",
+    *,
+    text_size: int = 0,
 ) -> None:
     """Write a fake module file at ``path`` that kmod's ``modinfo`` reads.
+
+    ``text_size`` bytes of filler code (half random, half zeros: it compresses about as
+    well as real code) make the file as big as a real module, for benchmarks.
 
     The module name is ``modinfo["name"]`` if given, else the file name without its module
     suffix (``lp__ext4.ko.xz`` → ``lp__ext4``). ``path`` is written as given: pick a suffix
@@ -161,7 +172,9 @@ def write_ko(
     name = module_name_from_path(str(path))
     if name is None:
         name = normalise(path.name.split(".", 1)[0])
-    data = compress(elf_relocatable(modinfo_bytes(name, modinfo)), compression)
+    rng = random.Random(name)
+    text = rng.randbytes(text_size // 2) + bytes(text_size - text_size // 2)
+    data = compress(elf_relocatable(modinfo_bytes(name, modinfo), text), compression)
     path.write_bytes(data)
 
 

@@ -1,0 +1,122 @@
+"""``klpd-sim``: set up, run and drive a simulated kernel.
+
+    klpd-sim --root DIR init [--release R] [--spec FILE]
+    klpd-sim --root DIR run [--transition-ms 100] [--no-uevents]
+    klpd-sim --root DIR modprobe [--] NAME      # kmod's messages and exit codes
+    klpd-sim --root DIR rmmod [--] NAME
+    klpd-sim --root DIR stall OBJ [--comm NAME] [--func FUNC]
+    klpd-sim --root DIR unstall OBJ
+    klpd-sim --root DIR status
+    klpd-sim --root DIR stop
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import socket
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from klpd.sim.spec import DEFAULT_RELEASE, demo_spec, init_root, load_spec
+
+
+class Verb(StrEnum):
+    INIT = "init"
+    RUN = "run"
+    MODPROBE = "modprobe"
+    RMMOD = "rmmod"
+    STALL = "stall"
+    UNSTALL = "unstall"
+    STATUS = "status"
+    STOP = "stop"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="klpd-sim", description="A simulated kernel for klpd.")
+    p.add_argument("--root", type=Path, required=True, help="the simulated machine's root")
+    p.add_argument("--debug", action="store_true", help="log at debug level")
+    sub = p.add_subparsers(dest="verb", required=True)
+    init = sub.add_parser(Verb.INIT, help="create the directory layout and module files")
+    init.add_argument("--release", default=None, help=f"kernel release ({DEFAULT_RELEASE})")
+    init.add_argument("--spec", type=Path, default=None, help="TOML spec (default: demo set)")
+    run = sub.add_parser(Verb.RUN, help="run the simulated kernel until SIGTERM")
+    run.add_argument("--transition-ms", type=float, default=100.0,
+                     help="how long a transition takes (Debian 6.1 under qemu: ~500)")
+    run.add_argument("--no-uevents", action="store_true", help="send no netlink uevents")
+    for verb in (Verb.MODPROBE, Verb.RMMOD):
+        sp = sub.add_parser(verb, help=f"{verb} a module, as kmod's {verb} does")
+        sp.add_argument("name", help="module name (after an optional --)")
+    stall = sub.add_parser(Verb.STALL, help="put a task to sleep in OBJ's patched function")
+    stall.add_argument("obj")
+    stall.add_argument("--comm", default="klpd-sim-stall")
+    stall.add_argument("--func", default=None)
+    unstall = sub.add_parser(Verb.UNSTALL, help="wake the tasks sleeping in OBJ")
+    unstall.add_argument("obj")
+    sub.add_parser(Verb.STATUS, help="print the modules, livepatches and tasks")
+    sub.add_parser(Verb.STOP, help="stop the running simulated kernel")
+    return p
+
+
+def request(root: Path, req: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    """One request to the running sim; raises OSError if it does not answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(root / "sim.sock"))
+        s.sendall(json.dumps(req).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    reply: dict[str, Any] = json.loads(buf)
+    return reply
+
+
+def _client(root: Path, req: dict[str, Any]) -> int:
+    try:
+        reply = request(root, req)
+    except (OSError, ValueError) as e:
+        print(f"klpd-sim: the simulated kernel in {root} does not answer: {e}", file=sys.stderr)
+        return 1
+    sys.stdout.write(reply.get("stdout", ""))
+    sys.stderr.write(reply.get("stderr", ""))
+    return int(reply.get("rc", 1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="klpd-sim: %(levelname)s %(message)s",
+    )
+    root: Path = args.root
+    verb = Verb(args.verb)
+    if verb is Verb.INIT:
+        spec = load_spec(args.spec, args.release) if args.spec else demo_spec(
+            args.release or DEFAULT_RELEASE)
+        init_root(root, spec)
+        return 0
+    if verb is Verb.RUN:
+        from klpd.sim.server import SimServer
+
+        server = SimServer(root, args.transition_ms / 1000.0, uevents=not args.no_uevents)
+        asyncio.run(server.run())
+        return 0
+    if verb in (Verb.MODPROBE, Verb.RMMOD):
+        return _client(root, {"cmd": verb.value, "name": args.name})
+    if verb is Verb.STALL:
+        return _client(root, {"cmd": "stall", "name": args.obj, "comm": args.comm,
+                              "func": args.func})
+    if verb is Verb.UNSTALL:
+        return _client(root, {"cmd": "unstall", "name": args.obj})
+    return _client(root, {"cmd": verb.value})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,447 @@
+"""The simulated kernel: modules, livepatches and their transitions.
+
+It models what ``kernel/module/`` and ``kernel/livepatch/`` (6.1) do that klpd can see:
+``init_module``/``delete_module`` with reference counts, ``klp_enable_patch`` (one
+transition at a time, else ``-EBUSY``), ``klp_module_coming``/``klp_module_going``,
+``enabled_store``/``force_store``, transitions that complete after a delay unless a task
+sleeps in a patched function, and atomic-replace. After every change it renders sysfs
+and procfs (:meth:`Kernel.render`) and the caller writes them out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from klpd.sim.modfile import ModFile
+from klpd.sim.tree import Unit
+
+log = logging.getLogger(__name__)
+
+VMLINUX = "vmlinux"
+IDLE, UNPATCHED, PATCHED = -1, 0, 1  # KLP_TRANSITION_IDLE, _UNPATCHED, _PATCHED
+
+_RO, _RW, _WO = 0o444, 0o644, 0o200
+
+
+def release_version(release: str) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+@dataclass(slots=True)
+class Module:
+    name: str
+    livepatch: bool
+    initstate: str = "coming"
+    refcnt: int = 0
+    holders: set[str] = field(default_factory=set)
+    uses: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class LpObject:
+    name: str
+    funcs: list[str]
+    nop_funcs: list[str] = field(default_factory=list)  # replace: nops for others' funcs
+    dynamic: bool = False  # exists only for nops
+    patched: bool = False
+
+
+@dataclass(slots=True)
+class LivePatch:
+    module: str
+    objects: dict[str, LpObject]
+    replace: bool
+    stack_order: int
+    enabled: bool = True
+    forced: bool = False
+
+
+@dataclass(slots=True)
+class Task:
+    pid: int
+    comm: str
+    obj: str
+    func: str
+    patch_state: int = IDLE
+
+
+@dataclass(slots=True)
+class Transition:
+    patch: str
+    target: int
+    started: float
+    timer: asyncio.TimerHandle | None = None
+
+
+class Kernel:
+    def __init__(
+        self,
+        release: str,
+        transition_s: float,
+        loop: asyncio.AbstractEventLoop,
+        emit_uevent: Callable[[str, str, int], None],
+        on_change: Callable[[], None],
+    ) -> None:
+        self.release = release
+        self.version = release_version(release)
+        self.transition_s = transition_s
+        self._loop = loop
+        self._emit = emit_uevent
+        self._on_change = on_change
+        self.modules: dict[str, Module] = {}
+        self.patches: dict[str, LivePatch] = {}  # klp_patches, in order
+        self.transition: Transition | None = None
+        self.tasks: dict[int, Task] = {}
+        self._seqnum = 0
+        self._next_pid = 1000
+        self._stack_order = 0
+
+    # --- modules ---------------------------------------------------------------------
+
+    def loaded(self, obj: str) -> bool:
+        m = self.modules.get(obj)
+        return obj == VMLINUX or (m is not None and m.initstate != "going")
+
+    def init_module(self, mf: ModFile) -> int:
+        """Load ``mf``; 0 or an errno. Returns once the module's init has finished."""
+        if mf.name in self.modules:
+            return errno.EEXIST
+        for dep in mf.depends:
+            if dep not in self.modules or self.modules[dep].initstate != "live":
+                log.warning("%s: unknown symbol (needs %s)", mf.name, dep)
+                return errno.ENOENT
+        mod = Module(mf.name, mf.livepatch, uses=list(mf.depends))
+        self.modules[mf.name] = mod
+        for dep in mod.uses:
+            self.modules[dep].refcnt += 1
+            self.modules[dep].holders.add(mod.name)
+        self._changed()
+        if self.version < (5, 11):
+            self._uevent("add", mod.name)  # older kernels: before init
+        err = self._klp_module_coming(mod) or self._run_init(mod, mf)
+        if err:
+            self._free_module(mod)
+            log.info("%s: init failed: %s", mod.name, errno.errorcode.get(err, err))
+            return err
+        mod.initstate = "live"
+        self._changed()
+        if self.version >= (5, 11):
+            self._uevent("add", mod.name)
+        return 0
+
+    def delete_module(self, name: str) -> int:
+        mod = self.modules.get(name)
+        if mod is None:
+            return errno.ENOENT
+        if mod.holders or mod.refcnt > 0 or mod.initstate != "live":
+            return errno.EWOULDBLOCK
+        mod.initstate = "going"
+        self._klp_module_going(mod)
+        self._free_module(mod)
+        self._uevent("remove", name)
+        return 0
+
+    def _free_module(self, mod: Module) -> None:
+        for dep in mod.uses:
+            d = self.modules[dep]
+            d.refcnt -= 1
+            d.holders.discard(mod.name)
+        del self.modules[mod.name]
+        self._changed()
+
+    def _run_init(self, mod: Module, mf: ModFile) -> int:
+        if mf.init_errno:
+            return mf.init_errno
+        if mf.livepatch:
+            return self._klp_enable_patch(mod, mf)
+        return 0
+
+    def _uevent(self, action: str, module: str) -> None:
+        self._seqnum += 1
+        self._emit(action, module, self._seqnum)
+
+    # --- livepatch core -------------------------------------------------------------
+
+    def _klp_enable_patch(self, mod: Module, mf: ModFile) -> int:
+        if self.transition is not None:
+            return errno.EBUSY
+        obj = mf.lp_object
+        objects = {obj: LpObject(obj, list(mf.lp_funcs))}
+        if mf.lp_replace:
+            self._add_nops(objects)
+        self._stack_order += 1
+        patch = LivePatch(mod.name, objects, mf.lp_replace, self._stack_order)
+        mod.refcnt += 1  # try_module_get(patch->mod)
+        self.patches[mod.name] = patch
+        for o in objects.values():
+            o.patched = self.loaded(o.name)
+        self._start_transition(patch, PATCHED)
+        return 0
+
+    def _add_nops(self, objects: dict[str, LpObject]) -> None:
+        """klp_add_nops(): a replace patch gets a no-op for every function others patch."""
+        for other in self.patches.values():
+            for o in other.objects.values():
+                mine = objects.setdefault(o.name, LpObject(o.name, [], dynamic=True))
+                for f in o.funcs:
+                    if f not in mine.funcs and f not in mine.nop_funcs:
+                        mine.nop_funcs.append(f)
+
+    def _klp_module_coming(self, mod: Module) -> int:
+        for patch in self.patches.values():
+            o = patch.objects.get(mod.name)
+            if o is not None:
+                o.patched = True
+                log.info("applying patch '%s' to loading module '%s'", patch.module, mod.name)
+        return 0
+
+    def _klp_module_going(self, mod: Module) -> None:
+        for patch in self.patches.values():
+            o = patch.objects.get(mod.name)
+            if o is not None and o.patched:
+                o.patched = False
+                log.info("reverting patch '%s' on unloading module '%s'", patch.module, mod.name)
+
+    def _blocks(self, task: Task, patch: LivePatch) -> bool:
+        o = patch.objects.get(task.obj)
+        return o is not None and o.patched
+
+    def _start_transition(self, patch: LivePatch, target: int) -> None:
+        self.transition = Transition(patch.module, target, self._loop.time())
+        for task in self.tasks.values():
+            task.patch_state = (1 - target) if self._blocks(task, patch) else target
+        log.info("'%s': starting %s transition", patch.module,
+                 "patching" if target == PATCHED else "unpatching")
+        self._changed()
+        self._schedule_completion()
+
+    def _schedule_completion(self) -> None:
+        tr = self.transition
+        if tr is None:
+            return
+        if tr.timer is not None:
+            tr.timer.cancel()
+        delay = max(0.0, tr.started + self.transition_s - self._loop.time())
+        tr.timer = self._loop.call_later(delay, self.try_complete_transition)
+
+    def try_complete_transition(self) -> None:
+        tr = self.transition
+        if tr is None:
+            return
+        tr.timer = None
+        if self._loop.time() < tr.started + self.transition_s:
+            self._schedule_completion()
+            return
+        blocking = [t for t in self.tasks.values() if t.patch_state not in (IDLE, tr.target)]
+        if blocking:
+            # The kernel retries every second; the sim retries when a stall changes.
+            log.info("'%s': %d task(s) still block the transition", tr.patch, len(blocking))
+            return
+        self._complete_transition()
+
+    def _complete_transition(self) -> None:
+        tr = self.transition
+        assert tr is not None
+        if tr.timer is not None:
+            tr.timer.cancel()
+        patch = self.patches[tr.patch]
+        self.transition = None
+        for task in self.tasks.values():
+            task.patch_state = IDLE
+        log.info("'%s': %s complete", patch.module,
+                 "patching" if tr.target == PATCHED else "unpatching")
+        if tr.target == PATCHED:
+            if patch.replace:
+                for other in [p for p in self.patches.values() if p is not patch]:
+                    for o in other.objects.values():
+                        o.patched = False
+                    other.enabled = False
+                    self._free_patch(other)
+                self._discard_nops(patch)
+        else:
+            for o in patch.objects.values():
+                o.patched = False
+            self._free_patch(patch)
+        self._changed()
+
+    def _discard_nops(self, patch: LivePatch) -> None:
+        for name in [n for n, o in patch.objects.items() if o.dynamic]:
+            del patch.objects[name]
+        for o in patch.objects.values():
+            o.nop_funcs.clear()
+
+    def _free_patch(self, patch: LivePatch) -> None:
+        del self.patches[patch.module]
+        mod = self.modules.get(patch.module)
+        if mod is not None and not patch.forced:
+            mod.refcnt -= 1  # module_put(patch->mod), skipped for forced patches
+
+    def _reverse_transition(self) -> None:
+        tr = self.transition
+        assert tr is not None
+        patch = self.patches[tr.patch]
+        patch.enabled = not patch.enabled
+        tr.target = 1 - tr.target
+        tr.started = self._loop.time()
+        # Tasks still in the old state are already where the reversed transition goes;
+        # the others are outside the patched functions and switch back at once.
+        for task in self.tasks.values():
+            task.patch_state = tr.target
+        log.info("'%s': reversing transition", patch.module)
+        self._changed()
+        self._schedule_completion()
+
+    # --- sysfs attribute writes --------------------------------------------------------
+
+    def write_enabled(self, name: str, text: str) -> int:
+        """``enabled_store``: 0 or the errno the writer would have got."""
+        patch = self.patches.get(name)
+        if patch is None:
+            return errno.EINVAL
+        value = _parse_bool(text)
+        if value is None or value == patch.enabled:
+            return errno.EINVAL
+        if self.transition is not None and self.transition.patch == name:
+            self._reverse_transition()
+            return 0
+        if value:
+            return errno.EINVAL  # a disabled patch cannot be re-enabled
+        if self.transition is not None:
+            return errno.EBUSY
+        patch.enabled = False
+        self._start_transition(patch, UNPATCHED)
+        return 0
+
+    def write_force(self, name: str, text: str) -> int:
+        """``force_store``: ends the transition; every patch is then forced (never put)."""
+        value = _parse_bool(text)
+        if value is None or not value:
+            return errno.EINVAL
+        if self.transition is None or self.transition.patch != name:
+            return errno.EINVAL
+        log.warning("forcing the transition of '%s'", name)
+        for patch in self.patches.values():
+            patch.forced = True
+        self._complete_transition()
+        return 0
+
+    # --- tasks --------------------------------------------------------------------------
+
+    def stall(self, obj: str, comm: str, func: str | None) -> Task:
+        """A task goes to sleep in ``obj``'s patched function."""
+        if func is None:
+            func = next(
+                (f for p in self.patches.values() for o in p.objects.values()
+                 if o.name == obj for f in o.funcs),
+                f"{obj}_klpd_sim_sleep",
+            )
+        task = Task(self._next_pid, comm, obj, func)
+        self._next_pid += 1
+        tr = self.transition
+        if tr is not None:
+            blocks = self._blocks(task, self.patches[tr.patch])
+            task.patch_state = (1 - tr.target) if blocks else tr.target
+        self.tasks[task.pid] = task
+        self._changed()
+        return task
+
+    def unstall(self, obj: str) -> list[int]:
+        pids = [t.pid for t in self.tasks.values() if t.obj == obj]
+        for pid in pids:
+            del self.tasks[pid]
+        self._changed()
+        if pids:
+            self.try_complete_transition()
+        return pids
+
+    # --- rendering ------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        self._on_change()
+
+    def render(self) -> dict[str, Unit]:
+        units: dict[str, Unit] = {}
+        for mod in self.modules.values():
+            taint = "OK" if mod.livepatch else ""
+            units[f"sys/module/{mod.name}"] = Unit(
+                files={
+                    "initstate": (mod.initstate + "\n", _RO),
+                    "refcnt": (f"{mod.refcnt}\n", _RO),
+                    "taint": (taint + "\n", _RO),
+                },
+                dirs=frozenset({"holders"}),
+                links={f"holders/{h}": f"../../{h}" for h in mod.holders},
+            )
+        transition = self.transition.patch if self.transition else None
+        for patch in self.patches.values():
+            files: dict[str, tuple[str, int]] = {
+                "enabled": (f"{int(patch.enabled)}\n", _RW),
+                "transition": (f"{int(patch.module == transition)}\n", _RO),
+                "force": ("", _WO),
+            }
+            if self.version >= (6, 11):
+                files["replace"] = (f"{int(patch.replace)}\n", _RO)
+            if self.version >= (6, 14):
+                files["stack_order"] = (f"{patch.stack_order}\n", _RO)
+            dirs: set[str] = set()
+            for o in patch.objects.values():
+                if self.version >= (6, 1):
+                    files[f"{o.name}/patched"] = (f"{int(o.patched)}\n", _RO)
+                dirs.add(o.name)
+                dirs.update(f"{o.name}/{f},1" for f in [*o.funcs, *o.nop_funcs])
+            units[f"sys/kernel/livepatch/{patch.module}"] = Unit(files, frozenset(dirs))
+        for task in self.tasks.values():
+            where = "" if task.obj == VMLINUX else f" [{task.obj}]"
+            stack = (
+                "[<0>] __schedule+0x2f4/0x880\n"
+                "[<0>] schedule+0x5a/0xd0\n"
+                f"[<0>] {task.func}+0x4c/0x120{where}\n"
+                "[<0>] do_syscall_64+0x55/0xb0\n"
+                "[<0>] entry_SYSCALL_64_after_hwframe+0x6e/0xd8\n"
+            )
+            units[f"proc/{task.pid}"] = Unit(
+                files={
+                    "comm": (task.comm + "\n", _RO),
+                    "patch_state": (f"{task.patch_state}\n", _RO),
+                    "stack": (stack, 0o400),
+                }
+            )
+        return units
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state as plain data, for ``klpd-sim status``."""
+        tr = self.transition
+        return {
+            "release": self.release,
+            "modules": {
+                m.name: {"initstate": m.initstate, "refcnt": m.refcnt,
+                         "holders": sorted(m.holders), "livepatch": m.livepatch}
+                for m in self.modules.values()
+            },
+            "livepatches": {
+                p.module: {"enabled": p.enabled, "replace": p.replace, "forced": p.forced,
+                           "transition": tr is not None and tr.patch == p.module,
+                           "objects": {o.name: o.patched for o in p.objects.values()}}
+                for p in self.patches.values()
+            },
+            "transition": None if tr is None else {"patch": tr.patch, "target": tr.target},
+            "tasks": [{"pid": t.pid, "comm": t.comm, "obj": t.obj,
+                       "patch_state": t.patch_state} for t in self.tasks.values()],
+        }
+
+
+def _parse_bool(text: str) -> bool | None:
+    """kstrtobool(): 1/y/Y/on → true, 0/n/N/off → false."""
+    t = text.strip().lower()
+    if t in ("1", "y", "yes", "on", "true"):
+        return True
+    if t in ("0", "n", "no", "off", "false"):
+        return False
+    return None
