@@ -1,13 +1,13 @@
 """``klpd-sim``: set up, run and drive a simulated kernel.
 
-    klpd-sim --root DIR init [--release R] [--spec FILE]
-    klpd-sim --root DIR run [--transition-ms 100] [--no-uevents]
-    klpd-sim --root DIR modprobe [--] NAME      # kmod's messages and exit codes
-    klpd-sim --root DIR rmmod [--] NAME
-    klpd-sim --root DIR stall OBJ [--comm NAME] [--func FUNC]
-    klpd-sim --root DIR unstall OBJ
-    klpd-sim --root DIR status
-    klpd-sim --root DIR stop
+klpd-sim --root DIR init [--release R] [--spec FILE]
+klpd-sim --root DIR run [--transition-ms 100] [--no-uevents]
+klpd-sim --root DIR modprobe [--] NAME      # kmod's messages and exit codes
+klpd-sim --root DIR rmmod [--] NAME
+klpd-sim --root DIR stall OBJ [--comm NAME] [--func FUNC]
+klpd-sim --root DIR unstall OBJ
+klpd-sim --root DIR status
+klpd-sim --root DIR stop
 """
 
 from __future__ import annotations
@@ -45,8 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--release", default=None, help=f"kernel release ({DEFAULT_RELEASE})")
     init.add_argument("--spec", type=Path, default=None, help="TOML spec (default: demo set)")
     run = sub.add_parser(Verb.RUN, help="run the simulated kernel until SIGTERM")
-    run.add_argument("--transition-ms", type=float, default=100.0,
-                     help="how long a transition takes (Debian 6.1 under qemu: ~500)")
+    run.add_argument(
+        "--transition-ms",
+        type=float,
+        default=100.0,
+        help="how long a transition takes (Debian 6.1 under qemu: ~500)",
+    )
     run.add_argument("--no-uevents", action="store_true", help="send no netlink uevents")
     for verb in (Verb.MODPROBE, Verb.RMMOD):
         sp = sub.add_parser(verb, help=f"{verb} a module, as kmod's {verb} does")
@@ -98,8 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     root: Path = args.root
     verb = Verb(args.verb)
     if verb is Verb.INIT:
-        spec = load_spec(args.spec, args.release) if args.spec else demo_spec(
-            args.release or DEFAULT_RELEASE)
+        spec = (
+            load_spec(args.spec, args.release)
+            if args.spec
+            else demo_spec(args.release or DEFAULT_RELEASE)
+        )
         init_root(root, spec)
         return 0
     if verb is Verb.RUN:
@@ -111,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     if verb in (Verb.MODPROBE, Verb.RMMOD):
         return _client(root, {"cmd": verb.value, "name": args.name})
     if verb is Verb.STALL:
-        return _client(root, {"cmd": "stall", "name": args.obj, "comm": args.comm,
-                              "func": args.func})
+        return _client(
+            root, {"cmd": "stall", "name": args.obj, "comm": args.comm, "func": args.func}
+        )
     if verb is Verb.UNSTALL:
         return _client(root, {"cmd": "unstall", "name": args.obj})
     return _client(root, {"cmd": verb.value})

@@ -217,8 +217,11 @@ class Kernel:
         self.transition = Transition(patch.module, target, self._loop.time())
         for task in self.tasks.values():
             task.patch_state = (1 - target) if self._blocks(task, patch) else target
-        log.info("'%s': starting %s transition", patch.module,
-                 "patching" if target == PATCHED else "unpatching")
+        log.info(
+            "'%s': starting %s transition",
+            patch.module,
+            "patching" if target == PATCHED else "unpatching",
+        )
         self._changed()
         self._schedule_completion()
 
@@ -255,8 +258,9 @@ class Kernel:
         self.transition = None
         for task in self.tasks.values():
             task.patch_state = IDLE
-        log.info("'%s': %s complete", patch.module,
-                 "patching" if tr.target == PATCHED else "unpatching")
+        log.info(
+            "'%s': %s complete", patch.module, "patching" if tr.target == PATCHED else "unpatching"
+        )
         if tr.target == PATCHED:
             if patch.replace:
                 for other in [p for p in self.patches.values() if p is not patch]:
@@ -338,8 +342,13 @@ class Kernel:
         """A task goes to sleep in ``obj``'s patched function."""
         if func is None:
             func = next(
-                (f for p in self.patches.values() for o in p.objects.values()
-                 if o.name == obj for f in o.funcs),
+                (
+                    f
+                    for p in self.patches.values()
+                    for o in p.objects.values()
+                    if o.name == obj
+                    for f in o.funcs
+                ),
                 f"{obj}_klpd_sim_sleep",
             )
         task = Task(self._next_pid, comm, obj, func)
@@ -421,19 +430,29 @@ class Kernel:
         return {
             "release": self.release,
             "modules": {
-                m.name: {"initstate": m.initstate, "refcnt": m.refcnt,
-                         "holders": sorted(m.holders), "livepatch": m.livepatch}
+                m.name: {
+                    "initstate": m.initstate,
+                    "refcnt": m.refcnt,
+                    "holders": sorted(m.holders),
+                    "livepatch": m.livepatch,
+                }
                 for m in self.modules.values()
             },
             "livepatches": {
-                p.module: {"enabled": p.enabled, "replace": p.replace, "forced": p.forced,
-                           "transition": tr is not None and tr.patch == p.module,
-                           "objects": {o.name: o.patched for o in p.objects.values()}}
+                p.module: {
+                    "enabled": p.enabled,
+                    "replace": p.replace,
+                    "forced": p.forced,
+                    "transition": tr is not None and tr.patch == p.module,
+                    "objects": {o.name: o.patched for o in p.objects.values()},
+                }
                 for p in self.patches.values()
             },
             "transition": None if tr is None else {"patch": tr.patch, "target": tr.target},
-            "tasks": [{"pid": t.pid, "comm": t.comm, "obj": t.obj,
-                       "patch_state": t.patch_state} for t in self.tasks.values()],
+            "tasks": [
+                {"pid": t.pid, "comm": t.comm, "obj": t.obj, "patch_state": t.patch_state}
+                for t in self.tasks.values()
+            ],
         }
 
 

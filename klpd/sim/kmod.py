@@ -69,8 +69,9 @@ def modprobe(kernel: Kernel, moddir: Path, conf_dirs: list[Path], given: str) ->
         probe = _probe_list(moddir, conf_dirs, name, set())
     except _NotFound as e:
         shown = given if e.name == name else e.name
-        return ToolResult(1, stderr=f"modprobe: FATAL: Module {shown} not found in "
-                          f"directory {moddir}\n")
+        return ToolResult(
+            1, stderr=f"modprobe: FATAL: Module {shown} not found in directory {moddir}\n"
+        )
     err = 0
     for mf, softdep in probe:
         if mf.name in kernel.modules:

@@ -38,8 +38,9 @@ class SimServer:
         self.root = root.resolve()
         self.release = (self.root / "proc/sys/kernel/osrelease").read_text().strip()
         self.moddir = self.root / "lib/modules" / self.release
-        self.conf_dirs = [self.root / d for d in ("etc/modprobe.d", "run/modprobe.d",
-                                                  "lib/modprobe.d")]
+        self.conf_dirs = [
+            self.root / d for d in ("etc/modprobe.d", "run/modprobe.d", "lib/modprobe.d")
+        ]
         self.transition_s = transition_s
         self.uevents = uevents
         self.tree = TreeWriter(self.root)
@@ -65,10 +66,10 @@ class SimServer:
         prefix = LIVEPATCH_DIR + "/"
         for unit in removed:
             if unit.startswith(prefix):
-                self._unwatch(unit[len(prefix):])
+                self._unwatch(unit[len(prefix) :])
         for unit in created:
             if unit.startswith(prefix):
-                self._watch(unit[len(prefix):])
+                self._watch(unit[len(prefix) :])
 
     def _watch(self, patch: str) -> None:
         path = self.root / LIVEPATCH_DIR / patch
@@ -101,8 +102,13 @@ class SimServer:
                 err = self.kernel.write_enabled(patch, text)
             else:
                 err = self.kernel.write_force(patch, text)
-            log.info("write %r to %s/%s: %s", text.strip(), patch, event.name,
-                     os.strerror(err) if err else "ok")
+            log.info(
+                "write %r to %s/%s: %s",
+                text.strip(),
+                patch,
+                event.name,
+                os.strerror(err) if err else "ok",
+            )
             # The file holds what the writer wrote; show the kernel's value again.
             self.tree.invalidate(f"{LIVEPATCH_DIR}/{patch}", event.name)
             self._sync()
@@ -120,8 +126,9 @@ class SimServer:
             return rmmod(k, name)
         if cmd == "stall":
             func = req.get("func")
-            task = k.stall(name, str(req.get("comm") or "klpd-sim-stall"),
-                           str(func) if func else None)
+            task = k.stall(
+                name, str(req.get("comm") or "klpd-sim-stall"), str(func) if func else None
+            )
             return ToolResult(0, stdout=f"{task.pid}\n")
         if cmd == "unstall":
             pids = k.unstall(name)
@@ -144,9 +151,10 @@ class SimServer:
             except (ValueError, OSError) as e:
                 log.exception("request failed")
                 res = ToolResult(2, stderr=f"klpd-sim: {e}\n")
-            writer.write(json.dumps(
-                {"rc": res.rc, "stdout": res.stdout, "stderr": res.stderr}
-            ).encode() + b"\n")
+            writer.write(
+                json.dumps({"rc": res.rc, "stdout": res.stdout, "stderr": res.stderr}).encode()
+                + b"\n"
+            )
             await writer.drain()
         finally:
             writer.close()

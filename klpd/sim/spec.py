@@ -99,7 +99,11 @@ def demo_spec(release: str = DEFAULT_RELEASE) -> Spec:
         ),
         "lpbad__vmlinux": lp("vmlinux", "lpbad", 1, "CVE-2026-0006", _VMLINUX_FUNCS),
         "lpbad__ext4": lp(
-            "ext4", "lpbad", 1, "CVE-2026-0006", "ext4_no_such_function",
+            "ext4",
+            "lpbad",
+            1,
+            "CVE-2026-0006",
+            "ext4_no_such_function",
             klpd_sim_init_errno="EINVAL",
         ),
     }
