@@ -1,0 +1,74 @@
+"""Typed D-Bus errors: one :class:`DBusError` subclass per failure a caller can get.
+
+Nothing else ever reaches the wire: :func:`to_dbus_error` turns whatever the controller
+raised into one of these, and an unexpected exception into :class:`InternalError`
+without its traceback (that goes to the journal).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from dbus_fast import DBusError
+
+from klpd.dbus import names
+from klpd.status import ControlError
+
+log = logging.getLogger(__name__)
+
+
+class KlpdError(DBusError):
+    """Base class: subclasses fix the error name."""
+
+    error_name: str = names.ERROR_FAILED
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self.error_name, message)
+
+
+class AccessDenied(KlpdError):
+    error_name = names.ERROR_ACCESS_DENIED
+
+
+class InvalidArgument(KlpdError):
+    error_name = names.ERROR_INVALID_ARGUMENT
+
+
+class UnknownPatch(KlpdError):
+    error_name = names.ERROR_UNKNOWN_PATCH
+
+
+class Busy(KlpdError):
+    error_name = names.ERROR_BUSY
+
+
+class Failed(KlpdError):
+    error_name = names.ERROR_FAILED
+
+
+class InternalError(KlpdError):
+    error_name = names.ERROR_INTERNAL
+
+
+_BY_CODE: dict[str, type[KlpdError]] = {
+    "unknown-patch": UnknownPatch,
+    "invalid-argument": InvalidArgument,
+    "busy": Busy,
+    "failed": Failed,
+    "access-denied": AccessDenied,
+}
+
+
+def from_control_error(err: ControlError) -> KlpdError:
+    """The typed error for a controller refusal; an unknown code becomes ``Failed``."""
+    return _BY_CODE.get(err.code, Failed)(str(err))
+
+
+def to_dbus_error(err: BaseException, what: str) -> DBusError:
+    """Whatever ``what`` raised, as an error fit for the wire."""
+    if isinstance(err, DBusError):
+        return err
+    if isinstance(err, ControlError):
+        return from_control_error(err)
+    log.error("%s failed unexpectedly", what, exc_info=err)
+    return InternalError(f"{what} failed: internal error ({type(err).__name__}); see the log")

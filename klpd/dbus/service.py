@@ -1,0 +1,335 @@
+"""The ``io.github.Klpd1.Manager`` object: a thin adapter over :class:`Controller`.
+
+Each D-Bus member is a line or two delegating to the controller; wire types are made
+here and nowhere else. Reads are open; Reload/EnablePatch/DisablePatch go through
+:func:`klpd.dbus.auth.authorize` on the sender of that very call. The schema is in
+``docs/dbus.md`` and ``docs/io.github.Klpd1.xml``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import Annotated, Any, TypeVar
+
+from dbus_fast import (
+    BusType,
+    DBusError,
+    Message,
+    MessageFlag,
+    MessageType,
+    NameFlag,
+    RequestNameReply,
+)
+from dbus_fast.aio import MessageBus
+from dbus_fast.annotations import DBusBool, DBusDouble, DBusSignature, DBusStr, DBusUInt32
+from dbus_fast.constants import PropertyAccess
+from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
+
+import klpd
+from klpd.dbus import auth, names
+from klpd.dbus.errors import InvalidArgument, UnknownPatch, to_dbus_error
+from klpd.names import NameError_, validate_patch_name
+from klpd.status import Controller, Event, EventKind, PatchReport, Snapshot
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# The method call being served. dbus-fast does not hand the message to a method, so a
+# message handler (run just before dispatch, in the same callback) records it here and
+# the method's task inherits it: asyncio copies the context when it creates the task.
+_current_call: contextvars.ContextVar[Message | None] = contextvars.ContextVar(
+    "klpd_current_call", default=None
+)
+
+ModuleWire = tuple[str, str, str, bool, bool, str]
+PatchWire = tuple[str, str, bool, str, int, str, list[ModuleWire]]
+BlockingWire = tuple[int, str, int, str]
+# dbus-fast reads "-> None" as a type, not as "no out arguments"
+NoReply = Annotated[None, DBusSignature("")]
+SignalBody = Annotated[list[str], DBusSignature("sss")]
+
+_SIGNAL_BY_EVENT: dict[EventKind, str] = {
+    EventKind.PATCH_APPLIED: names.SIGNAL_PATCH_APPLIED,
+    EventKind.PATCH_RETIRED: names.SIGNAL_PATCH_RETIRED,
+    EventKind.PATCH_FAILED: names.SIGNAL_PATCH_FAILED,
+    EventKind.TRANSITION_STARTED: names.SIGNAL_TRANSITION_STARTED,
+    EventKind.TRANSITION_FINISHED: names.SIGNAL_TRANSITION_FINISHED,
+    EventKind.TRANSITION_STALLED: names.SIGNAL_TRANSITION_STALLED,
+}
+
+
+class DbusStartError(RuntimeError):
+    """The service could not start (bus unreachable, name taken, policy denies it)."""
+
+
+# --- wire conversions -------------------------------------------------------------------
+
+
+def patch_to_wire(p: PatchReport) -> PatchWire:
+    modules = [
+        (m.module, m.obj, m.status.value, m.object_loaded, m.loaded, m.error) for m in p.modules
+    ]
+    return (p.name, p.status.value, p.desired, p.series, p.version, p.description, modules)
+
+
+def properties_of(snap: Snapshot) -> dict[str, Any]:
+    """The D-Bus property values of a snapshot (what PropertiesChanged compares)."""
+    t = snap.transition
+    return {
+        "State": snap.state.value,
+        "KernelRelease": snap.kernel_release,
+        "Transition": t.module if t else "",
+        "TransitionTarget": t.target if t else "",
+        "Stalled": bool(t and t.stalled),
+        "LastError": snap.last_error,
+        "LastReconcile": float(snap.last_reconcile),
+    }
+
+
+def _valid_patch(name: str) -> str:
+    try:
+        return validate_patch_name(name)
+    except NameError_ as e:
+        raise InvalidArgument(str(e)) from None
+
+
+def _valid_timeout(timeout: float) -> float:
+    if not math.isfinite(timeout) or not 0.0 <= timeout <= names.WAIT_MAX_SECONDS:
+        raise InvalidArgument(
+            f"timeout must be between 0 and {names.WAIT_MAX_SECONDS:.0f} seconds, not {timeout!r}"
+        )
+    return timeout
+
+
+# --- the interface ----------------------------------------------------------------------
+
+
+class ManagerInterface(ServiceInterface):
+    """``io.github.Klpd1.Manager``; member names are the D-Bus ones."""
+
+    def __init__(self, controller: Controller, bus: MessageBus) -> None:
+        super().__init__(names.INTERFACE)
+        self._controller = controller
+        self._bus = bus
+        self._last_properties = properties_of(controller.snapshot())
+
+    # properties (read-only; PropertiesChanged on every change)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> DBusStr:
+        return self._controller.snapshot().state.value
+
+    @dbus_property(access=PropertyAccess.READ)
+    def KernelRelease(self) -> DBusStr:
+        return self._controller.snapshot().kernel_release
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Transition(self) -> DBusStr:
+        t = self._controller.snapshot().transition
+        return t.module if t else ""
+
+    @dbus_property(access=PropertyAccess.READ)
+    def TransitionTarget(self) -> DBusStr:
+        t = self._controller.snapshot().transition
+        return t.target if t else ""
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Stalled(self) -> DBusBool:
+        t = self._controller.snapshot().transition
+        return bool(t and t.stalled)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LastError(self) -> DBusStr:
+        return self._controller.snapshot().last_error
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LastReconcile(self) -> DBusDouble:
+        return float(self._controller.snapshot().last_reconcile)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def SchemaVersion(self) -> DBusUInt32:
+        return self._controller.snapshot().schema_version
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Version(self) -> DBusStr:
+        return klpd.__version__
+
+    # reads
+
+    @dbus_method()
+    def Describe(self) -> DBusStr:
+        return self._controller.snapshot().to_json()
+
+    @dbus_method()
+    def ListPatches(self) -> Annotated[list[PatchWire], DBusSignature("a(ssbsusa(sssbbs))")]:
+        return [patch_to_wire(p) for p in self._controller.snapshot().patches]
+
+    @dbus_method()
+    def DescribePatch(self, name: DBusStr) -> DBusStr:
+        report = self._controller.snapshot().patch(_valid_patch(name))
+        if report is None:
+            raise UnknownPatch(f"no patch named {name!r}")
+        return json.dumps(asdict(report), sort_keys=True)
+
+    @dbus_method()
+    def ListBlockingTasks(self) -> Annotated[list[BlockingWire], DBusSignature("a(usis)")]:
+        return [
+            (t.pid, t.comm, t.patch_state, t.stack or "") for t in self._controller.blocking_tasks()
+        ]
+
+    @dbus_method()
+    async def WaitConverged(self, timeout: DBusDouble) -> DBusBool:
+        seconds = _valid_timeout(timeout)
+        return await self._call("WaitConverged", self._controller.wait_converged(seconds))
+
+    # state changes (root or polkit)
+
+    @dbus_method()
+    async def Reload(self) -> NoReply:
+        await self._authorize("Reload")
+        await self._call("Reload", self._controller.reload())
+
+    @dbus_method()
+    async def EnablePatch(self, name: DBusStr) -> NoReply:
+        await self._authorize("EnablePatch")
+        await self._call("EnablePatch", self._controller.enable_patch(_valid_patch(name)))
+
+    @dbus_method()
+    async def DisablePatch(self, name: DBusStr) -> NoReply:
+        await self._authorize("DisablePatch")
+        await self._call("DisablePatch", self._controller.disable_patch(_valid_patch(name)))
+
+    # signals: each is (patch, module, detail)
+
+    @dbus_signal()
+    def PatchApplied(self, patch: str, module: str, detail: str) -> SignalBody:
+        return [patch, module, detail]
+
+    @dbus_signal()
+    def PatchRetired(self, patch: str, module: str, detail: str) -> SignalBody:
+        return [patch, module, detail]
+
+    @dbus_signal()
+    def PatchFailed(self, patch: str, module: str, detail: str) -> SignalBody:
+        return [patch, module, detail]
+
+    @dbus_signal()
+    def TransitionStarted(self, patch: str, module: str, detail: str) -> SignalBody:
+        return [patch, module, detail]
+
+    @dbus_signal()
+    def TransitionFinished(self, patch: str, module: str, detail: str) -> SignalBody:
+        return [patch, module, detail]
+
+    @dbus_signal()
+    def TransitionStalled(self, patch: str, module: str, detail: str) -> SignalBody:
+        return [patch, module, detail]
+
+    # plumbing
+
+    def on_event(self, event: Event) -> None:
+        """Controller listener: a signal for the event, then PropertiesChanged if any."""
+        signal = _SIGNAL_BY_EVENT.get(event.kind)
+        if signal is not None:
+            emit: Callable[[str, str, str], object] = getattr(self, signal)
+            emit(event.patch, event.module, event.detail)
+        self.emit_changed_properties()
+
+    def emit_changed_properties(self) -> None:
+        now = properties_of(self._controller.snapshot())
+        changed = {k: v for k, v in now.items() if self._last_properties.get(k) != v}
+        self._last_properties = now
+        if changed:
+            self.emit_properties_changed(changed)
+
+    async def _authorize(self, what: str) -> None:
+        call = _current_call.get()
+        if call is None or not call.sender:
+            raise to_dbus_error(RuntimeError("no sender recorded for this call"), what)
+        interactive = bool(call.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)
+        try:
+            uid = await auth.authorize(self._bus, call.sender, what, interactive=interactive)
+        except DBusError:
+            log.warning("refused %s from %s", what, call.sender)
+            raise
+        log.info("%s requested by uid %d (%s)", what, uid, call.sender)
+
+    async def _call(self, what: str, work: Awaitable[T]) -> T:
+        try:
+            return await work
+        except Exception as e:
+            raise to_dbus_error(e, what) from None
+
+
+def _record_call(msg: Message) -> bool:
+    if msg.message_type is MessageType.METHOD_CALL and msg.interface == names.INTERFACE:
+        _current_call.set(msg)
+    return False  # never handled here: dispatch goes on as usual
+
+
+# --- lifecycle --------------------------------------------------------------------------
+
+
+class DbusService:
+    """The exported object on a connected bus; :meth:`close` takes it all down."""
+
+    def __init__(self, bus: MessageBus, interface: ManagerInterface) -> None:
+        self.bus = bus
+        self.interface = interface
+        self._closed = False
+
+    def on_event(self, event: Event) -> None:
+        if not self._closed:
+            self.interface.on_event(event)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.bus.unexport(names.OBJECT_PATH)
+        self.bus.disconnect()
+        await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+
+
+async def connect_bus(bus: str) -> MessageBus:
+    """``"system"``, ``"session"`` or a D-Bus address, connected."""
+    if bus == "system":
+        msgbus = MessageBus(bus_type=BusType.SYSTEM)
+    elif bus == "session":
+        msgbus = MessageBus(bus_type=BusType.SESSION)
+    else:
+        msgbus = MessageBus(bus_address=bus)
+    try:
+        return await msgbus.connect()
+    except Exception as e:
+        raise DbusStartError(f"cannot connect to the {bus} bus: {e}") from e
+
+
+async def start_dbus(controller: Controller, bus: str) -> DbusService:
+    """Connect to ``bus``, export the Manager object and own ``io.github.Klpd1``."""
+    msgbus = await connect_bus(bus)
+    interface = ManagerInterface(controller, msgbus)
+    msgbus.add_message_handler(_record_call)
+    msgbus.export(names.OBJECT_PATH, interface)
+    service = DbusService(msgbus, interface)
+    try:
+        reply = await msgbus.request_name(names.BUS_NAME, NameFlag.DO_NOT_QUEUE)
+    except DBusError as e:
+        await service.close()
+        raise DbusStartError(
+            f"the {bus} bus refused the name {names.BUS_NAME}: {e.text} "
+            f"(is etc/dbus-1/system.d/{names.BUS_NAME}.conf installed, and klpd root?)"
+        ) from e
+    if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+        await service.close()
+        raise DbusStartError(
+            f"{names.BUS_NAME} is already owned on the {bus} bus: is another klpd running?"
+        )
+    controller.subscribe(service.on_event)
+    log.info("serving %s at %s on the %s bus", names.INTERFACE, names.OBJECT_PATH, bus)
+    return service

@@ -1,0 +1,290 @@
+"""A private ``dbus-daemon`` for tests, a FakeController and a fake polkit authority.
+
+Reuse from any test module (there is no conftest here to do it for you)::
+
+    from dbus_helpers import dbus_address  # noqa: F401  (the session fixture)
+
+``dbus_address`` is a session-scoped fixture: one ``dbus-daemon --nofork`` per test
+session with a system-bus-like policy (deny by default, like /usr/share/dbus-1/system.conf)
+plus the shipped ``etc/dbus-1/system.d/io.github.Klpd1.conf``; the tests themselves run
+as root and so may own ``io.github.Klpd1``. Its socket is reachable by every uid, so a
+caller can be run as ``nobody`` (:data:`AS_NOBODY`). The daemon is killed at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import pytest
+from dbus_fast import Variant
+from dbus_fast.aio import MessageBus
+from dbus_fast.annotations import DBusSignature
+from dbus_fast.service import ServiceInterface, dbus_method
+
+from klpd.model import BlockingTask, OverallState
+from klpd.status import (
+    ControlError,
+    Event,
+    EventKind,
+    Listener,
+    ModuleReport,
+    ModuleStatus,
+    PatchReport,
+    PatchStatus,
+    Snapshot,
+    TransitionReport,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED_BUS_POLICY = REPO / "etc/dbus-1/system.d/io.github.Klpd1.conf"
+NOBODY = 65534
+AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+
+_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Properties"/>
+  </policy>
+  <!-- test only: a fake polkit authority, owned by the (root) test process -->
+  <policy user="root">
+    <allow own="org.freedesktop.PolicyKit1"/>
+  </policy>
+  <policy context="default">
+    <allow send_destination="org.freedesktop.PolicyKit1"/>
+  </policy>
+  <include>{shipped}</include>
+</busconfig>
+"""
+
+
+@dataclass
+class PrivateBus:
+    address: str
+    process: subprocess.Popen[bytes]
+    directory: str
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_private_bus(shipped_policy: Path = SHIPPED_BUS_POLICY) -> PrivateBus:
+    """Start ``dbus-daemon`` and return once it printed its address (it is listening)."""
+    directory = tempfile.mkdtemp(prefix="klpd-dbus-")
+    os.chmod(directory, 0o755)  # callers run as nobody must reach the socket
+    config = Path(directory, "bus.conf")
+    config.write_text(_CONFIG.format(socket=f"{directory}/bus", shipped=shipped_policy))
+    proc = subprocess.Popen(
+        ["dbus-daemon", f"--config-file={config}", "--print-address", "--nofork"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    address = proc.stdout.readline().decode().strip()
+    if not address:
+        proc.kill()
+        raise RuntimeError(f"dbus-daemon did not start (exit {proc.wait()})")
+    return PrivateBus(address, proc, directory)
+
+
+@pytest.fixture(scope="session")
+def dbus_address() -> Iterator[str]:
+    bus = start_private_bus()
+    try:
+        yield bus.address
+    finally:
+        bus.stop()
+
+
+# --- a controller over Snapshot data ------------------------------------------------------
+
+
+def sample_snapshot(state: OverallState = OverallState.CONVERGING) -> Snapshot:
+    """Two patches: one applied, one half-way (a module in transition, one failed)."""
+    lpa = PatchReport(
+        name="lpa",
+        status=PatchStatus.APPLIED,
+        desired=True,
+        series="lpa",
+        version=1,
+        description="fix the frobnicator",
+        cves=("CVE-2026-1234",),
+        modules=(
+            ModuleReport(
+                "lpa__vmlinux",
+                "vmlinux",
+                ModuleStatus.APPLIED,
+                True,
+                True,
+                True,
+                False,
+                True,
+                ("cmdline_proc_show",),
+            ),
+            ModuleReport("lpa__ext4", "ext4", ModuleStatus.ARMED, False, True, True, False),
+        ),
+    )
+    lpb = PatchReport(
+        name="lpb",
+        status=PatchStatus.PARTIAL,
+        desired=True,
+        series="lpb",
+        version=2,
+        modules=(
+            ModuleReport("lpb__vmlinux", "vmlinux", ModuleStatus.APPLYING, True, True, True, True),
+            ModuleReport(
+                "lpb__xfs",
+                "xfs",
+                ModuleStatus.FAILED,
+                True,
+                False,
+                error="modprobe: could not insert lpb__xfs: Device or resource busy",
+            ),
+        ),
+    )
+    transition = TransitionReport(
+        "lpb__vmlinux", "patched", 1_700_000_000.0, stalled=True, blocking=BLOCKING
+    )
+    return Snapshot(
+        state=state,
+        kernel_release="6.1.0-test-amd64",
+        patches=(lpa, lpb),
+        pending=("load lpb__xfs (object-loaded)",),
+        transition=transition if state is OverallState.CONVERGING else None,
+        last_error="lpb__xfs: Device or resource busy",
+        last_reconcile=1_700_000_001.5,
+    )
+
+
+BLOCKING = (BlockingTask(4242, "sleepy", 0, "[<0>] do_nanosleep+0x1/0x2"),)
+
+
+@dataclass
+class FakeController:
+    """The :class:`klpd.status.Controller` protocol over a Snapshot the test sets."""
+
+    snap: Snapshot = field(default_factory=sample_snapshot)
+    blocking: tuple[BlockingTask, ...] = BLOCKING
+    listeners: list[Listener] = field(default_factory=list)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    fail_with: ControlError | None = None
+    _converged: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def snapshot(self) -> Snapshot:
+        return self.snap
+
+    def blocking_tasks(self) -> tuple[BlockingTask, ...]:
+        return self.blocking
+
+    def subscribe(self, listener: Listener) -> None:
+        self.listeners.append(listener)
+
+    def publish(self, snap: Snapshot, *events: Event) -> None:
+        """Change the state, then tell the listeners (as the orchestrator does)."""
+        self.snap = snap
+        if snap.state is OverallState.CONVERGED:
+            self._converged.set()
+        else:
+            self._converged.clear()
+        for event in events or (Event(EventKind.STATE_CHANGED),):
+            for listener in self.listeners:
+                listener(event)
+
+    def converge(self) -> None:
+        self.publish(replace(self.snap, state=OverallState.CONVERGED, transition=None))
+
+    async def _record(self, what: str, arg: str = "") -> None:
+        self.calls.append((what, arg))
+        if self.fail_with is not None:
+            raise self.fail_with
+        if arg and self.snap.patch(arg) is None:
+            raise ControlError("unknown-patch", f"no patch named {arg!r}")
+
+    async def reload(self) -> None:
+        await self._record("reload")
+
+    async def enable_patch(self, name: str) -> None:
+        await self._record("enable", name)
+
+    async def disable_patch(self, name: str) -> None:
+        await self._record("disable", name)
+
+    async def wait_converged(self, timeout: float) -> bool:
+        if self.snap.state is OverallState.CONVERGED:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._converged.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+# --- a fake polkit authority on the private bus -------------------------------------------
+
+PolkitResult = Annotated[tuple[bool, bool, dict[str, str]], DBusSignature("(bba{ss})")]
+Subject = Annotated[tuple[str, dict[str, Variant]], DBusSignature("(sa{sv})")]
+
+
+class FakePolkit(ServiceInterface):
+    """``org.freedesktop.PolicyKit1.Authority.CheckAuthorization`` with a set verdict."""
+
+    def __init__(self, allow: bool) -> None:
+        super().__init__("org.freedesktop.PolicyKit1.Authority")
+        self.allow = allow
+        self.checks: list[tuple[str, str, int]] = []
+
+    @dbus_method()
+    def CheckAuthorization(
+        self,
+        subject: Subject,
+        action_id: Annotated[str, DBusSignature("s")],
+        details: Annotated[dict[str, str], DBusSignature("a{ss}")],
+        flags: Annotated[int, DBusSignature("u")],
+        cancellation_id: Annotated[str, DBusSignature("s")],
+    ) -> PolkitResult:
+        kind, props = subject
+        self.checks.append((f"{kind}:{props['name'].value}", action_id, flags))
+        return (self.allow, False, {})
+
+
+async def start_fake_polkit(address: str, allow: bool) -> tuple[MessageBus, FakePolkit]:
+    bus = await MessageBus(bus_address=address).connect()
+    authority = FakePolkit(allow)
+    bus.export("/org/freedesktop/PolicyKit1/Authority", authority)
+    await bus.request_name("org.freedesktop.PolicyKit1")
+    return bus, authority
+
+
+def run_env(address: str) -> dict[str, Any]:
+    """Environment for a klpctl subprocess pointed at ``address``."""
+    env = dict(os.environ)
+    env["KLPD_BUS_ADDRESS"] = address
+    env["LANG"] = "C.UTF-8"
+    return env
