@@ -80,7 +80,7 @@ class Daemon:
         try:
             write_textfile(
                 Path(path),
-                render_metrics(snap, transitions=c.transitions, failures=c.failures),
+                render_metrics(snap, transitions_total=c.transitions, failures_total=c.failures),
             )
         except OSError as e:
             log.warning("cannot write metrics to %s: %s", path, e)

@@ -57,6 +57,8 @@ def validate_module_name(name: str, *, where: str = "") -> str:
             f"module name {name!r} is {len(norm.encode())} bytes, the kernel allows "
             f"{MODULE_NAME_MAX}{origin}"
         )
+    if name.startswith("-"):
+        raise NameError_(f"module name {name!r} must not start with '-'{origin}")
     if not _VALID.fullmatch(norm):
         raise NameError_(
             f"module name {name!r} may contain only letters, digits, '-' and '_'{origin}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,26 +70,34 @@ class UdevSource:
             self._loop.remove_reader(self.fileno())
             self._loop = None
 
-    def _clear_socket_error(self) -> None:
+    def _take_socket_error(self) -> int:
+        """Read (and so clear) the socket's pending error; 0 when there is none."""
         sock = socket.socket(fileno=self.fileno())
         try:
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         finally:
             sock.detach()
 
     def _drain(self) -> None:
         while True:
+            # pyudev#194: after an overflow the socket reports POLLERR, and pyudev's poll()
+            # raises on every call until SO_ERROR is read. Read it first, every time.
+            err = self._take_socket_error()
+            if err:
+                self.overflows += err == errno.ENOBUFS
+                why = "uevent overflow (ENOBUFS)" if err == errno.ENOBUFS else os.strerror(err)
+                log.warning("uevent socket error: %s; events lost, resyncing from sysfs", why)
+                self._on_resync(why)
+                continue
             try:
                 device = self._monitor.poll(timeout=0)
             except OSError as e:
-                if e.errno == errno.ENOBUFS:
+                if self._take_socket_error() == errno.ENOBUFS or e.errno == errno.ENOBUFS:
                     self.overflows += 1
-                    self._clear_socket_error()
                     log.warning("uevent socket overflowed: events lost, resyncing from sysfs")
                     self._on_resync("uevent overflow (ENOBUFS)")
                     continue
                 log.error("uevent receive failed: %s; resyncing from sysfs", e)
-                self._clear_socket_error()
                 self._on_resync(f"uevent receive failed: {e}")
                 return
             if device is None:
