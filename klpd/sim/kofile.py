@@ -145,7 +145,9 @@ def compress(data: bytes, compression: str) -> bytes:
     if compression == "none":
         return data
     if compression == "xz":
-        return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
+        # As scripts/Makefile.modinst does: xz --check=crc32 --lzma2=dict=1MiB
+        lzma2 = {"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": 1 << 20}
+        return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=[lzma2])
     if compression == "gz":
         return gzip.compress(data, mtime=0)
     if compression == "zst":
