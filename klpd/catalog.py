@@ -28,6 +28,8 @@ _FileKey = tuple[int, int, int]  # st_mtime_ns, st_size, st_ino
 # "<series>_v<N>": lp_cve_2026_1234_v3 is version 3 of series lp_cve_2026_1234.
 _VERSIONED = re.compile(r"(?P<series>.+)_v(?P<version>[0-9]+)")
 _YES = frozenset({"Y", "y", "1"})
+# "__" once "-" is read as "_": a cheap first test, before normalising 20,000 file names.
+_MAYBE_SPLIT = re.compile(r"[-_][-_]")
 
 
 class ModinfoCache:
@@ -181,7 +183,10 @@ def _module_files(directory: Path, problem: Callable[[str, str], None]) -> Itera
     """
     try:
         with os.scandir(directory) as it:
-            entries = sorted(it, key=lambda e: e.name)
+            entries = sorted(
+                (e for e in it if e.is_dir(follow_symlinks=False) or _MAYBE_SPLIT.search(e.name)),
+                key=lambda e: e.name,
+            )
     except FileNotFoundError:
         log.debug("module directory %s does not exist", directory)
         return
