@@ -287,8 +287,11 @@ class EventsConfig(_Section):
     receive_buffer: int = Field(
         default=MIB,
         ge=4096,
-        description="Netlink receive buffer (SO_RCVBUF) in bytes; a burst larger than this "
-        "is lost and triggers a full reconcile.",
+        description=(
+            "Netlink receive buffer (SO_RCVBUF) in bytes; a burst larger than this is lost "
+            "and triggers a full reconcile. Above net.core.rmem_max the kernel caps it "
+            "unless klpd has CAP_NET_ADMIN, which the shipped unit does not grant."
+        ),
     )
 
 
@@ -333,8 +336,12 @@ class MetricsConfig(_Section):
 
     textfile: str = Field(
         default="",
-        description="A `.prom` file rewritten atomically on each state change, e.g. "
-        '"/var/lib/prometheus/node-exporter/klpd.prom". Empty disables it.',
+        description=(
+            "A `.prom` file rewritten atomically on each state change, in node_exporter's "
+            'textfile directory, e.g. "/var/lib/prometheus/node-exporter/klpd.prom". Empty '
+            "disables it. The unit's ProtectSystem=strict needs that directory added with a "
+            "drop-in: `ReadWritePaths=/var/lib/prometheus/node-exporter`."
+        ),
     )
 
     @field_validator("textfile")
