@@ -129,3 +129,63 @@ def test_softdep_directory_matches_config_default() -> None:
     assert softdep_dir in d["ReadWritePaths"]
     assert any(softdep_dir in v for v in d["ExecStartPre"])
     assert Config().state.directory == "/var/lib/" + d["StateDirectory"][0]
+
+
+# --- scripts/install.sh -----------------------------------------------------------------
+
+
+def run_install(destdir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(REPO / "scripts/install.sh")],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "DESTDIR": str(destdir),
+            "UNITDIR": "/usr/lib/systemd/system",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=True,
+    )
+
+
+def test_install_puts_files_in_their_system_places(tmp_path: Path) -> None:
+    run_install(tmp_path)
+    installed = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    expected = {
+        "usr/lib/systemd/system/klpd.service",
+        "etc/klpd/klpd.toml",
+        "usr/share/dbus-1/system.d/io.github.Klpd1.conf",
+        "usr/share/polkit-1/actions/io.github.klpd1.policy",
+        "usr/share/doc/klpd/config.md",
+    }
+    assert expected <= set(installed)
+    assert (tmp_path / "etc/klpd/klpd.toml").read_text() == (
+        REPO / "etc/klpd/klpd.toml"
+    ).read_text()
+    assert (tmp_path / "usr/lib/systemd/system/klpd.service").read_text() == UNIT.read_text()
+    for p in expected:
+        assert (tmp_path / p).stat().st_mode & 0o777 == 0o644, p
+
+
+def test_install_points_execstart_at_bindir(tmp_path: Path) -> None:
+    run_install(tmp_path, BINDIR="/opt/klpd/bin")
+    unit = (tmp_path / "usr/lib/systemd/system/klpd.service").read_text()
+    assert directives(unit)["ExecStart"] == ["/opt/klpd/bin/klpd --config /etc/klpd/klpd.toml"]
+
+
+def test_install_keeps_an_edited_config(tmp_path: Path) -> None:
+    conf = tmp_path / "etc/klpd/klpd.toml"
+    conf.parent.mkdir(parents=True)
+    conf.write_text('[logging]\nlevel = "debug"\n')
+    r = run_install(tmp_path)
+    assert conf.read_text() == '[logging]\nlevel = "debug"\n'
+    assert (tmp_path / "etc/klpd/klpd.toml.new").exists()
+    assert "kept your /etc/klpd/klpd.toml" in r.stdout
+
+
+def test_install_rejects_relative_directories(tmp_path: Path) -> None:
+    with pytest.raises(subprocess.CalledProcessError) as e:
+        run_install(tmp_path, BINDIR="usr/bin")
+    assert "must be absolute" in e.value.stderr
