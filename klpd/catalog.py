@@ -79,6 +79,7 @@ class _File:
     path: str
     module: str  # normalised
     key: _FileKey
+    identity: tuple[int, int]  # st_dev, st_ino
 
 
 def scan_catalog(
@@ -102,8 +103,10 @@ def scan_catalog(
     duplicates: list[_File] = []
     for directory in directories:
         for f in _module_files(directory, problem):
-            if f.module in files:
-                duplicates.append(f)
+            kept = files.get(f.module)
+            if kept is not None:
+                if kept.identity != f.identity:  # not the same file reached twice
+                    duplicates.append(f)
             else:
                 files[f.module] = f
 
@@ -211,7 +214,8 @@ def _module_files(directory: Path, problem: Callable[[str, str], None]) -> Itera
             continue
         if not entry.is_file():
             continue
-        yield _File(entry.path, module, (st.st_mtime_ns, st.st_size, st.st_ino))
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        yield _File(entry.path, module, key, (st.st_dev, st.st_ino))
 
 
 def _is_livepatch(info: Modinfo) -> bool:

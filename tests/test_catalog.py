@@ -175,6 +175,14 @@ def test_duplicate_keeps_first_directory(tmp_path: Path) -> None:
     assert str(first_dir / "lp__vmlinux.ko") in message
 
 
+def test_same_file_reached_twice_is_not_a_duplicate(tmp_path: Path) -> None:
+    ko(tmp_path / "updates", "lp__vmlinux")
+    (tmp_path / "weak-updates").mkdir()
+    (tmp_path / "weak-updates" / "lp__vmlinux.ko").symlink_to(tmp_path / "updates/lp__vmlinux.ko")
+    catalog = scan_catalog([tmp_path / "updates", tmp_path])  # overlapping directories
+    assert catalog.problems == () and list(catalog.patches) == ["lp"]
+
+
 def test_duplicate_of_an_ordinary_module_is_silent(tmp_path: Path) -> None:
     ko(tmp_path / "a", "snd__hda", {})
     ko(tmp_path / "b", "snd__hda", {})
