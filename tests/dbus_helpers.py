@@ -195,6 +195,7 @@ class FakeController:
     calls: list[tuple[str, str]] = field(default_factory=list)
     fail_with: ControlError | None = None
     _converged: asyncio.Event = field(default_factory=asyncio.Event)
+    waiting: asyncio.Event = field(default_factory=asyncio.Event)  # a WaitConverged is in
 
     def snapshot(self) -> Snapshot:
         return self.snap
@@ -236,6 +237,7 @@ class FakeController:
         await self._record("disable", name)
 
     async def wait_converged(self, timeout: float) -> bool:
+        self.waiting.set()
         if self.snap.state is OverallState.CONVERGED:
             return True
         try:
