@@ -53,6 +53,7 @@ class Daemon:
         self.orchestrator = Orchestrator(config, config_loader=self._load_config)
         self._stop = asyncio.Event()
         self._dbus: object | None = None
+        self._status = ""
 
     def _load_config(self) -> Config:
         self.config = load_config(self.config_path)
@@ -67,7 +68,10 @@ class Daemon:
     def _on_event(self, ev: Event) -> None:
         if ev.kind is EventKind.STATE_CHANGED:
             snap = self.orchestrator.snapshot()
-            self.notifier.status(status_line(snap))
+            line = status_line(snap)
+            if line != self._status:  # the manager reads every datagram: send only news
+                self._status = line
+                self.notifier.status(line)
             self._write_metrics(snap)
 
     def _write_metrics(self, snap: Snapshot) -> None:

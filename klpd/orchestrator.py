@@ -554,7 +554,8 @@ class Orchestrator:
             failures=self._rt.failures,
             stalled=stalled,
         )
-        if self._transition is not None and overall is OverallState.CONVERGED:
+        busy = self._transition is not None or self._dirty.is_set() or not self._last_reconcile
+        if busy and overall in (OverallState.CONVERGED, OverallState.DEGRADED):
             overall = OverallState.CONVERGING
         return build_snapshot(
             catalog=self._catalog,
