@@ -17,6 +17,7 @@ import asyncio
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -290,3 +291,39 @@ def run_env(address: str) -> dict[str, Any]:
     env["KLPD_BUS_ADDRESS"] = address
     env["LANG"] = "C.UTF-8"
     return env
+
+
+# --- a FakeController service in its own process (benchmarks, manual poking) ---------------
+
+
+async def _serve_forever(address: str) -> None:
+    from klpd.dbus.service import start_dbus
+
+    service = await start_dbus(FakeController(), address)
+    print("ready", flush=True)
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
+    finally:
+        await service.close()
+
+
+def spawn_fake_service(address: str) -> subprocess.Popen[bytes]:
+    """A FakeController service on ``address`` in a child; returns once it owns the name.
+
+    Close its stdin (or kill it) to stop it.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "serve", address],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != b"ready":
+        proc.kill()
+        raise RuntimeError(f"fake klpd service did not start (exit {proc.wait()})")
+    return proc
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
+    asyncio.run(_serve_forever(sys.argv[2]))
