@@ -162,7 +162,7 @@ class KlpdProcess:
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"klpd exited with {self.proc.returncode}:\n{self.log()}")
+            raise AssertionError(f"klpd exited with {self.proc.returncode}:\n{self.log()[-6000:]}")
 
     def metric_state(self) -> str | None:
         try:
@@ -182,7 +182,8 @@ class KlpdProcess:
         try:
             wait_for(ok, timeout, f"klpd state {state}")
         except TimeoutError as e:
-            raise AssertionError(f"{e}; last state {self.metric_state()}\n{self.log()}") from e
+            last = self.metric_state()
+            raise AssertionError(f"{e}; last state {last}\n{self.log()[-6000:]}") from e
 
     def stop(self) -> int:
         if self.proc is None:
@@ -211,7 +212,7 @@ class KlpdProcess:
 
     def log(self) -> str:
         try:
-            return self.log_path.read_text()[-8000:]
+            return self.log_path.read_text()
         except OSError:
             return ""
 

@@ -25,3 +25,136 @@ def test_target_loaded_later_is_patched(sim, make_klpd) -> None:  # type: ignore
     wait_for(lambda: "lpa__ext4" in applied(sim), 30, "lpa__ext4 applied")
     k.wait_state("converged")
     assert applied(sim) == {"lpa__vmlinux", "lpa__ext4"}
+
+
+def test_two_patches_on_one_object(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+    sim.modprobe("ext4")
+    k = make_klpd({"patches": {"desired": ["lpa", "lpb"]}}).start()
+    k.wait_state("converged")
+    assert applied(sim) == {"lpa__vmlinux", "lpa__ext4", "lpb__vmlinux", "lpb__ext4"}
+
+
+def test_target_removed_keep_policy_stays_armed(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+    sim.modprobe("ext4")
+    k = make_klpd({**LPA, "policy": {"on_object_removed": "keep"}}).start()
+    k.wait_state("converged")
+    sim.rmmod("ext4")
+    wait_for(lambda: "ext4" not in loaded(sim), 10, "ext4 gone")
+    k.wait_state("converged")
+    assert applied(sim) == {"lpa__vmlinux", "lpa__ext4"}
+    assert (sim.livepatch_dir / "lpa__ext4/ext4/patched").read_text().strip() == "0"
+    # the next load of ext4 is patched by the kernel itself, before ext4's init
+    sim.modprobe("ext4")
+    assert (sim.livepatch_dir / "lpa__ext4/ext4/patched").read_text().strip() == "1"
+
+
+def test_target_removed_remove_policy_takes_module_away(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+    sim.modprobe("ext4")
+    k = make_klpd({**LPA, "policy": {"on_object_removed": "remove"}}).start()
+    k.wait_state("converged")
+    assert "lpa__ext4" in applied(sim)
+    sim.rmmod("ext4")
+    wait_for(lambda: "lpa__ext4" not in loaded(sim), 30, "lpa__ext4 removed")
+    k.wait_state("converged")
+    assert applied(sim) == MAIN
+    sim.modprobe("ext4")
+    wait_for(lambda: "lpa__ext4" in applied(sim), 30, "lpa__ext4 back")
+
+
+def test_bad_module_is_reported_and_others_are_unaffected(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+    sim.modprobe("ext4")
+    k = make_klpd({"patches": {"desired": ["lpa", "lpbad"]}}).start()
+    k.wait_state("degraded")
+    assert applied(sim) == {"lpa__vmlinux", "lpa__ext4", "lpbad__vmlinux"}
+    assert "could not insert 'lpbad__ext4': Invalid argument" in k.log()
+    assert any("degraded" in s and "lpbad__ext4" in s for s in k.statuses())
+
+
+def test_missing_module_file_is_reported(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+    k = make_klpd(LPA).start()
+    k.wait_state("converged")
+    (sim.module_dir / "extra/lpa__klpd_target.ko").unlink()  # removed after the scan
+    sim.modprobe("klpd_target")
+    k.wait_state("degraded")
+    assert "lpa__klpd_target not found in directory" in k.log()
+    assert applied(sim) == MAIN
+
+
+def test_cumulative_upgrade_never_leaves_object_unpatched(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    sim.modprobe("ext4")
+    k = make_klpd({"patches": {"pin": {"lpa": 1}, "exclude": ["lpb", "lpbad"]}}).start()
+    k.wait_state("converged")
+    assert applied(sim) == {"lpa__vmlinux", "lpa__ext4"}
+
+    samples: list[bool] = []
+    done = threading.Event()
+
+    def covered() -> bool:
+        for name in ("lpa__ext4", "lpa_v2__ext4"):
+            d = sim.livepatch_dir / name
+            try:
+                if (d / "enabled").read_text().strip() == "1" and (
+                    d / "ext4/patched"
+                ).read_text().strip() == "1":
+                    return True
+            except FileNotFoundError:
+                continue
+        return False
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append(covered())
+
+    t = threading.Thread(target=sample)
+    t.start()
+    try:
+        k.configure({"patches": {"pin": {}}})
+        k.proc.send_signal(1)  # SIGHUP: reload configuration
+        wait_for(lambda: applied(sim) == {"lpa_v2__vmlinux", "lpa_v2__ext4"}, 60, "upgrade")
+        k.wait_state("converged")
+    finally:
+        done.set()
+        t.join()
+    assert len(samples) > 100
+    assert all(samples), f"ext4 unpatched in {samples.count(False)} of {len(samples)} samples"
+    log = k.log()
+    assert log.index("load lpa_v2__ext4") < log.index("disable lpa__ext4")
+    assert log.index("disable lpa__ext4") < log.index("disable lpa__vmlinux")
+
+
+def _foreign_spec():  # type: ignore[no-untyped-def]
+    from klpd.sim.spec import Spec, _livepatch, demo_spec
+
+    spec = demo_spec()
+    mods = dict(spec.modules)
+    # another tool's livepatch: not a split module, klpd leaves it alone
+    mods["kpatch_foreign"] = _livepatch("vmlinux", "kpatch", 1, "", "cmdline_proc_show")
+    return Spec(release=spec.release, modules=mods)
+
+
+def test_ebusy_from_a_concurrent_transition_is_retried(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from klpd.sim.harness import SimKernel
+    from klpd_harness import KlpdProcess
+
+    with SimKernel(transition_ms=400, spec=_foreign_spec()) as sim:
+        sim.modprobe("ext4")
+        mark = tmp_path / "raced"
+        wrapper = tmp_path / "modprobe-racing"
+        cli = " ".join(sim.cli)
+        # Another tool starts a transition right before klpd's first modprobe runs.
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            f'if [ ! -e {mark} ]; then touch {mark}; {cli} modprobe kpatch_foreign; fi\n'
+            f'exec {cli} modprobe "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        k = KlpdProcess(sim, tmp_path, {**LPA, "kernel": {"modprobe": [str(wrapper)]}})
+        try:
+            k.start()
+            k.wait_state("converged", 60)
+            assert applied(sim) == {"kpatch_foreign", "lpa__vmlinux", "lpa__ext4"}
+            assert "EBUSY, retry 1" in k.log()
+        finally:
+            k.close()
