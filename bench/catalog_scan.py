@@ -35,8 +35,28 @@ from klpd.sim.kofile import write_ko
 
 SUFFIXES = ((".ko", "none", 0.4), (".ko.xz", "xz", 0.3), (".ko.zst", "zst", 0.3))
 SUBSYSTEMS = ("drivers/net", "drivers/gpu", "drivers/usb", "fs", "net", "sound/pci", "crypto")
-WORDS = ("snd", "hda", "usb", "net", "intel", "amd", "i2c", "hid", "nf", "xt", "crypto",
-         "codec", "realtek", "virtio", "blk", "scsi", "mlx5", "core", "bridge", "tcp")  # fmt: skip
+WORDS = (
+    "snd",
+    "hda",
+    "usb",
+    "net",
+    "intel",
+    "amd",
+    "i2c",
+    "hid",
+    "nf",
+    "xt",
+    "crypto",
+    "codec",
+    "realtek",
+    "virtio",
+    "blk",
+    "scsi",
+    "mlx5",
+    "core",
+    "bridge",
+    "tcp",
+)
 LIVEPATCH_TEXT = 48 * 1024  # a livepatch module is tens of KB
 ORDINARY_TEXT = 2 * 1024  # never read by klpd; kept small so generation stays fast
 
@@ -70,8 +90,11 @@ def generate(root: Path, n: int, rng: random.Random) -> None:
         objects = ["vmlinux", *rng.sample(WORDS, rng.randint(1, 4))]
         for obj in objects[: livepatch - written]:
             suffix, compression = pick_suffix(rng)
-            info = {"livepatch": "Y", "vermagic": "6.1.0-13-amd64 SMP mod_unload ",
-                    "klpd_cve": f"CVE-2026-{1000 + patch_no}"}  # fmt: skip
+            info = {
+                "livepatch": "Y",
+                "vermagic": "6.1.0-13-amd64 SMP mod_unload ",
+                "klpd_cve": f"CVE-2026-{1000 + patch_no}",
+            }
             path = root / "updates" / "livepatch" / f"{patch}__{obj}{suffix}"
             path.parent.mkdir(parents=True, exist_ok=True)
             write_ko(path, info, compression, text_size=LIVEPATCH_TEXT)
@@ -88,8 +111,12 @@ def generate(root: Path, n: int, rng: random.Random) -> None:
         suffix, compression = pick_suffix(rng)
         path = root / "kernel" / rng.choice(SUBSYSTEMS) / f"{name}{suffix}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_ko(path, {"description": name, "alias": [f"a-{name}"]}, compression,
-                 text_size=ORDINARY_TEXT)  # fmt: skip
+        write_ko(
+            path,
+            {"description": name, "alias": [f"a-{name}"]},
+            compression,
+            text_size=ORDINARY_TEXT,
+        )
         written += 1
 
 
@@ -154,19 +181,24 @@ def main() -> int:
         r = measure(n, args.sample, rng)
         loop_inspected = r.modinfo_per_file * r.inspected
         loop_all = r.modinfo_per_file * r.n
-        print(f"\n== {r.n} module files, {r.inspected} inspected by klpd "
-              f"({r.candidates} named *__*)")  # fmt: skip
+        print(
+            f"\n== {r.n} module files, {r.inspected} inspected by klpd ({r.candidates} named *__*)"
+        )
         print(f"  klpd cold scan                        {ms(r.cold)}")
         print(f"  klpd warm rescan (cache)              {ms(r.warm)}")
-        print(f"  modinfo -F livepatch on klpd's files  {ms(loop_inspected)}   (extrapolated "
-              f"from {min(args.sample, r.inspected)} files, {r.modinfo_per_file * 1000:.2f} "
-              "ms each)")  # fmt: skip
+        print(
+            f"  modinfo -F livepatch on klpd's files  {ms(loop_inspected)}   (extrapolated "
+            f"from {min(args.sample, r.inspected)} files, {r.modinfo_per_file * 1000:.2f} "
+            "ms each)"
+        )
         print(f"  modinfo -F livepatch on every file    {ms(loop_all)}   (extrapolated)")
         print(f"  floor: find -name '*.ko*' | wc -l      {ms(r.floor)}")
-        print(f"  ratios: modinfo-loop/klpd-cold {loop_inspected / r.cold:6.1f}x   "
-              f"all-files-loop/klpd-cold {loop_all / r.cold:6.1f}x   "
-              f"klpd-cold/floor {r.cold / r.floor:5.2f}x   "
-              f"klpd-warm/floor {r.warm / r.floor:5.2f}x")  # fmt: skip
+        print(
+            f"  ratios: modinfo-loop/klpd-cold {loop_inspected / r.cold:6.1f}x   "
+            f"all-files-loop/klpd-cold {loop_all / r.cold:6.1f}x   "
+            f"klpd-cold/floor {r.cold / r.floor:5.2f}x   "
+            f"klpd-warm/floor {r.warm / r.floor:5.2f}x"
+        )
     return 0
 
 

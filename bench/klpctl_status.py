@@ -17,6 +17,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def commands(address: str) -> dict[str, list[str]]:
     busctl = shutil.which("busctl") or "busctl"
     cmds = {
         "python3 -c pass (venv)": [sys.executable, "-c", "pass"],
-        "python3 -I -c pass (no site)": [sys.executable, "-I", "-c", "pass"],
+        "python3 -S -c pass (no site)": [sys.executable, "-S", "-c", "pass"],
         "klpctl status": [klpctl, "--bus", address, "status"],
         "klpctl status --json": [klpctl, "--bus", address, "status", "--json"],
         "busctl get-property State": [
@@ -49,10 +50,18 @@ def commands(address: str) -> dict[str, list[str]]:
     return cmds
 
 
-def timed(argv: list[str]) -> tuple[float, float]:
+def bench_env(pycache: str) -> dict[str, str]:
+    """As installed: bytecode cached (here under ``pycache``, not in the tree), no
+    PYTHONDONTWRITEBYTECODE, which would make every run compile klpd from source."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = pycache
+    return env
+
+
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Wall time and CPU time (user + system, from wait4) of one run."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -67,21 +76,24 @@ def main() -> None:
     n = parser.parse_args().n
     bus = start_private_bus()
     service = spawn_fake_service(bus.address)
+    pycache = tempfile.mkdtemp(prefix="klpd-bench-pycache-")
+    env = bench_env(pycache)
     try:
         cmds = commands(bus.address)
-        for argv in cmds.values():  # warm the page cache and the .pyc files
-            timed(argv)
+        for argv in cmds.values():  # warm the page cache and write the .pyc files
+            timed(argv, env)
         samples: dict[str, list[float]] = {name: [] for name in cmds}
         cpu: dict[str, list[float]] = {name: [] for name in cmds}
         for _ in range(n):
             for name, argv in cmds.items():
-                wall, used = timed(argv)
+                wall, used = timed(argv, env)
                 samples[name].append(wall)
                 cpu[name].append(used)
     finally:
         service.kill()
         service.wait()
         bus.stop()
+        shutil.rmtree(pycache, ignore_errors=True)
 
     median = {name: statistics.median(s) for name, s in samples.items()}
     base = median["python3 -c pass (venv)"]
