@@ -410,3 +410,66 @@ def test_names_module_is_the_contract() -> None:
     assert names.INTERFACE == "io.github.Klpd1.Manager"
     assert names.POLKIT_ACTION == "io.github.klpd1.manage"
     assert names.ERROR_ACCESS_DENIED == "io.github.Klpd1.Error.AccessDenied"
+
+
+# --- the stdlib-only wire client ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("signature", "values"),
+    [
+        ("sibd", ("é-x", -7, True, 2.5)),
+        ("a{sv}", ({"a": ("s", "x"), "b": ("u", 3), "c": ("as", ["p", "q"])},)),
+        ("a(yqxt)o", ([(1, 2, -3, 4), (255, 65535, -(2**63), 2**64 - 1)], "/a/b")),
+        ("aay(g)", ([[1, 2], []], ("a{sv}",))),
+    ],
+)
+def test_wire_round_trip(signature: str, values: tuple[object, ...]) -> None:
+    from klpd.dbus.wire import _Reader, _Writer, split_signature
+
+    w = _Writer()
+    for sig, value in zip(split_signature(signature), values, strict=True):
+        w.write(sig, value)
+    r = _Reader(bytes(w.buf), little=True)
+    got = [r.read(sig) for sig in split_signature(signature)]
+    if signature == "a{sv}":  # variants come back as bare values
+        assert got == [{"a": "x", "b": 3, "c": ["p", "q"]}]
+    else:
+        assert [_lists(g) for g in got] == [_lists(v) for v in values]
+    assert r.pos == len(w.buf)
+
+
+def _lists(value: object) -> object:
+    if isinstance(value, list | tuple):
+        return [_lists(v) for v in value]
+    return value
+
+
+async def test_wire_reads_what_dbus_fast_sends(
+    served: tuple[FakeController, DbusService],
+    dbus_address: str,  # noqa: F811
+) -> None:
+    from dbus_fast import Message
+    from dbus_fast.aio import MessageBus
+
+    from klpd.dbus.wire import Connection
+
+    bus = await MessageBus(bus_address=dbus_address).connect()
+    try:
+        reply = await bus.call(
+            Message(
+                destination=names.BUS_NAME,
+                path=names.OBJECT_PATH,
+                interface=names.INTERFACE,
+                member="ListPatches",
+            )
+        )
+    finally:
+        bus.disconnect()
+    assert reply is not None
+
+    def with_wire() -> list[object]:
+        with Connection(dbus_address) as conn:
+            return conn.call(names.BUS_NAME, names.OBJECT_PATH, names.INTERFACE, "ListPatches")
+
+    assert _lists(await asyncio.to_thread(with_wire)) == _lists(reply.body)
