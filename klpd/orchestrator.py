@@ -399,7 +399,9 @@ class Orchestrator:
         if lp.replace:
             self._refuse_replace(action.patch, f"{action.module} is an atomic-replace patch")
         if lp.transition:
-            await self._wait_transition(action.module, True, patch=action.patch)
+            outcome = await self._wait_transition(action.module, True, patch=action.patch)
+            if outcome == "reverted":
+                return
         if kstate.read_livepatch(self._sysfs, action.module) is not None:
             self._rt.applied_seen.add(action.module)
             self._emit(Event(EventKind.PATCH_APPLIED, action.patch, action.module))

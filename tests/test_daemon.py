@@ -158,3 +158,53 @@ def test_ebusy_from_a_concurrent_transition_is_retried(tmp_path) -> None:  # typ
             assert "EBUSY, retry 1" in k.log()
         finally:
             k.close()
+
+
+STALL = {"transition": {"stall_timeout": 0.5, "revert_timeout": 10.0}}
+
+
+def _stalled_setup(sim, make_klpd, policy):  # type: ignore[no-untyped-def]
+    sim.modprobe("ext4")
+    pid = sim.stall("ext4", comm="sleepy-writer")
+    k = make_klpd({**LPA, **merge_transition(policy)}).start()
+    return k, pid
+
+
+def merge_transition(policy: str) -> dict:  # type: ignore[type-arg]
+    return {"transition": {**STALL["transition"], "on_stall": policy}}
+
+
+def test_stalled_transition_revert_policy(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+    k, pid = _stalled_setup(sim, make_klpd, "revert")
+    k.wait_state("degraded")
+    log = k.log()
+    assert f"transition of lpa__ext4 stalled for" in log and f"sleepy-writer[{pid}]" in log
+    assert "reverting stalled transition of lpa__ext4" in log
+    assert applied(sim) == MAIN and "lpa__ext4" not in loaded(sim)
+    # the task wakes up; an operator's reload tries again and succeeds
+    sim.unstall("ext4")
+    k.proc.send_signal(1)
+    try:
+        wait_for(lambda: "lpa__ext4" in applied(sim), 30, "lpa__ext4 applied after unstall")
+    except TimeoutError:
+        raise AssertionError(k.log()[-5000:])
+    k.wait_state("converged")
+
+
+def test_stalled_transition_wait_policy(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+    k, pid = _stalled_setup(sim, make_klpd, "wait")
+    k.wait_message(lambda m: "lpa__ext4 -> patched (stalled)" in m)
+    assert k.metric_state() == "converging"
+    assert f"sleepy-writer[{pid}]" in k.log()
+    sim.unstall("ext4")
+    k.wait_state("converged")
+    assert applied(sim) == {"lpa__vmlinux", "lpa__ext4"}
+
+
+def test_stalled_transition_force_policy(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+    k, _ = _stalled_setup(sim, make_klpd, "force")
+    k.wait_state("converged")
+    assert applied(sim) == {"lpa__vmlinux", "lpa__ext4"}
+    assert (sim.livepatch_dir / "lpa__ext4/force").exists()
+    assert "forcing transition of lpa__ext4" in k.log()
+    assert sim.status()["livepatches"]["lpa__ext4"]["forced"] is True
