@@ -379,26 +379,48 @@ def _parse_dmesg(text: str) -> list[list[object]]:
     return out
 
 
-def read_scenario(out: Path) -> dict[str, object]:
+def _split_dmesg(dmesg: list[list[object]], scenario: str) -> dict[int, list[list[object]]]:
+    """Kernel messages per step, cut at the "klpd-step SCENARIO N NAME" markers."""
+    per_step: dict[int, list[list[object]]] = {}
+    current: int | None = None
+    for entry in dmesg:
+        m = re.match(r"klpd-step (\S+) (\d+) ", str(entry[1]))
+        if m:
+            current = int(m.group(2)) if m.group(1) == scenario else None
+            continue
+        if current is not None:
+            per_step.setdefault(current, []).append(entry)
+    return per_step
+
+
+def read_scenario(out: Path, dmesg: list[list[object]]) -> dict[str, object]:
     steps = []
-    for d in sorted((out / "steps").iterdir()) if (out / "steps").exists() else []:
-        t0, t1 = (float(x) for x in _read(d / "time").split())
+    step_dir = out / "steps"
+    numbers = sorted({p.name.split(".")[0] for p in step_dir.iterdir()}) if step_dir.exists() else []
+    per_step = _split_dmesg(dmesg, out.name)
+    for num in numbers:
+        def part(suffix: str, num: str = num) -> str:
+            return _read(step_dir / f"{num}.{suffix}")
+        times = part("time").split()
+        if len(times) != 2:
+            continue  # the guest died inside this step
+        t0, t1 = float(times[0]), float(times[1])
         steps.append({
-            "n": int(d.name),
-            "name": _read(d / "name").strip(),
-            "cmd": _read(d / "cmd").strip(),
-            "rc": int(_read(d / "rc").strip()),
-            "stdout": _read(d / "stdout"),
-            "stderr": _read(d / "stderr"),
+            "n": int(num),
+            "name": part("name").strip(),
+            "cmd": part("cmd").strip(),
+            "rc": int(part("rc").strip()),
+            "stdout": part("stdout"),
+            "stderr": part("stderr"),
             "t0": t0,
             "seconds": round(t1 - t0, 2),
-            "livepatch": _parse_livepatch(_read(d / "livepatch")),
-            "modules": _parse_modules(_read(d / "modules")),
-            "values": _parse_values(_read(d / "values")),
-            "dmesg": _parse_dmesg(_read(d / "dmesg")),
+            "livepatch": _parse_livepatch(part("livepatch")),
+            "modules": _parse_modules(part("modules")),
+            "values": _parse_values(part("values")),
+            "dmesg": per_step.get(int(num), []),
         })
-    return {"rc": int(_read(out / "rc").strip() or -1), "steps": steps,
-            "log": _read(out / "scenario.log")}
+    rc = _read(out / "rc").strip()
+    return {"rc": int(rc) if rc else None, "steps": steps, "log": _read(out / "scenario.log")}
 
 
 def transitions_from_dmesg(dmesg: list[list[object]]) -> list[dict[str, object]]:
@@ -420,10 +442,10 @@ def transitions_from_dmesg(dmesg: list[list[object]]) -> list[dict[str, object]]
 
 def read_trace(run: GuestRun) -> dict[str, object]:
     rd = run.results_dir
-    scenarios = {}
-    for d in sorted(p for p in rd.iterdir() if p.is_dir() and (p / "rc").exists()):
-        scenarios[d.name] = read_scenario(d)
     dmesg = _parse_dmesg(_read(rd / "dmesg"))
+    scenarios = {}
+    for d in sorted(p for p in rd.iterdir() if p.is_dir() and (p / "steps").exists()):
+        scenarios[d.name] = read_scenario(d, dmesg)
     return {
         "kernel": _read(rd / "uname-r").strip(),
         "host_seconds": round(run.host_seconds, 2),

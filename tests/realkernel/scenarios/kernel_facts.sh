@@ -16,9 +16,8 @@ step baseline.cmdline read_cmdline
 # --- load order: target, P__vmlinux, P__m ---------------------------------
 step target.load modprobe klpd_target
 step target.value read_value
-step lpa.vmlinux.load modprobe lpa__vmlinux
-# At once, while lpa__vmlinux is (probably) still in transition.
-step lpa.target.load_during_transition modprobe lpa__klpd_target
+# P__m at once after P__vmlinux, while P__vmlinux is (probably) still in transition.
+step lpa.load_at_once modprobe_at_once lpa__vmlinux lpa__klpd_target
 lpa_busy=$?
 step lpa.vmlinux.wait wait_transitions 30
 step lpa.vmlinux.cmdline read_cmdline
@@ -168,5 +167,27 @@ wait "$sleeper"
 step force.disable sysfs_write 0 /sys/kernel/livepatch/lpstall__klpd_target/enabled
 step force.disable.wait wait_transitions 30
 step force.rmmod rmmod lpstall__klpd_target
-step target.rmmod_forced rmmod klpd_target
+
+# --- force on an unpatching transition: every patch becomes unremovable -------
+# (last: what it leaves behind cannot be cleaned up)
+step forceun.other.load modprobe lpb__vmlinux
+step forceun.other.wait wait_transitions 30
+step forceun.target.load modprobe klpd_target
+step forceun.load modprobe lpstall__klpd_target hold=1
+step forceun.load.wait wait_transitions 30
+sh -c 'echo sleep > /proc/klpd_target_sleep' &
+sleeper=$!
+step forceun.sleeping wait_stack "$sleeper" klpd_new_target_sleep
+step forceun.disable sysfs_write 0 /sys/kernel/livepatch/lpstall__klpd_target/enabled
+step forceun.stays expect_transition_stays 2
+step forceun.task task_state "$sleeper"
+step forceun.force sysfs_write 1 /sys/kernel/livepatch/lpstall__klpd_target/force
+step forceun.wait wait_transitions 30
+step forceun.rmmod rmmod lpstall__klpd_target
+step forceun.release sysfs_write 0 /sys/module/lpstall__klpd_target/parameters/hold
+wait "$sleeper"
+step forceun.rmmod_released rmmod lpstall__klpd_target
+step forceun.other.disable sysfs_write 0 /sys/kernel/livepatch/lpb__vmlinux/enabled
+step forceun.other.disable.wait wait_transitions 30
+step forceun.other.rmmod rmmod lpb__vmlinux
 exit 0
