@@ -261,19 +261,24 @@ class Kernel:
         log.info(
             "'%s': %s complete", patch.module, "patching" if tr.target == PATCHED else "unpatching"
         )
+        freed: list[LivePatch] = []
         if tr.target == PATCHED:
             if patch.replace:
                 for other in [p for p in self.patches.values() if p is not patch]:
                     for o in other.objects.values():
                         o.patched = False
                     other.enabled = False
-                    self._free_patch(other)
+                    freed.append(other)
                 self._discard_nops(patch)
         else:
             for o in patch.objects.values():
                 o.patched = False
-            self._free_patch(patch)
-        self._changed()
+            freed.append(patch)
+        self._changed()  # transition 0, objects unpatched, no-ops gone
+        # klp_free_patch_async(): each directory goes, then the module reference
+        for p in freed:
+            self._free_patch(p)
+            self._changed()
 
     def _discard_nops(self, patch: LivePatch) -> None:
         for name in [n for n, o in patch.objects.items() if o.dynamic]:

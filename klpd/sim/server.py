@@ -62,18 +62,19 @@ class SimServer:
 
     def _sync(self) -> None:
         assert self.kernel is not None
-        created, removed = self.tree.apply(self.kernel.render())
+        _, removed = self.tree.apply(self.kernel.render(), self._watch_new_unit)
         prefix = LIVEPATCH_DIR + "/"
         for unit in removed:
             if unit.startswith(prefix):
                 self._unwatch(unit[len(prefix) :])
-        for unit in created:
-            if unit.startswith(prefix):
-                self._watch(unit[len(prefix) :])
 
-    def _watch(self, patch: str) -> None:
-        path = self.root / LIVEPATCH_DIR / patch
-        wd = self.inotify.add_watch(str(path), inotify_simple.flags.CLOSE_WRITE)
+    def _watch_new_unit(self, unit: str, staged: Path) -> None:
+        """Watch a new patch directory before it is published (no write can slip by)."""
+        prefix = LIVEPATCH_DIR + "/"
+        if not unit.startswith(prefix):
+            return
+        patch = unit[len(prefix) :]
+        wd = self.inotify.add_watch(str(staged), inotify_simple.flags.CLOSE_WRITE)
         self._watches[wd] = patch
         self._wd_of[patch] = wd
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,22 +78,32 @@ class TreeWriter:
         """Someone else wrote ``unit/relpath``: rewrite it on the next :meth:`apply`."""
         self._stale.add((unit, relpath))
 
-    def apply(self, units: Mapping[str, Unit]) -> tuple[set[str], set[str]]:
-        """Make the tree match ``units``; return the units (created, removed)."""
+    def apply(
+        self,
+        units: Mapping[str, Unit],
+        before_publish: Callable[[str, Path], None] | None = None,
+    ) -> tuple[set[str], set[str]]:
+        """Make the tree match ``units``; return the units (created, removed).
+
+        ``before_publish(name, staged_dir)`` runs for each new unit while it is still in
+        staging, so that e.g. an inotify watch is on it before anyone can write there.
+        """
         created = set(units) - set(self._units)
         removed = set(self._units) - set(units)
         for name in sorted(removed, reverse=True):
             self._discard(self.root / name)
             del self._units[name]
         for name in sorted(created):
-            self._create(name, units[name])
+            self._create(name, units[name], before_publish)
         for name in sorted(set(units) - created):
             self._update(name, self._units[name], units[name])
         self._units = dict(units)
         self._stale.clear()
         return created, removed
 
-    def _create(self, name: str, unit: Unit) -> None:
+    def _create(
+        self, name: str, unit: Unit, before_publish: Callable[[str, Path], None] | None
+    ) -> None:
         stage = self._tmp()
         stage.mkdir()
         for d in sorted(unit.all_dirs()):
@@ -102,6 +112,8 @@ class TreeWriter:
             self._write_file(stage / rel, content, mode)
         for rel, dest in unit.links.items():
             os.symlink(dest, stage / rel)
+        if before_publish is not None:
+            before_publish(name, stage)
         target = self.root / name
         target.parent.mkdir(parents=True, exist_ok=True)
         self._discard(target)  # a leftover from a crashed run
