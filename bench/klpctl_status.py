@@ -36,6 +36,17 @@ def commands(address: str) -> dict[str, list[str]]:
         "python3 -S -c pass (no site)": [sys.executable, "-S", "-c", "pass"],
         "klpctl status": [klpctl, "--bus", address, "status"],
         "klpctl status --json": [klpctl, "--bus", address, "status", "--json"],
+        # what the client itself costs, without this venv's editable-install finder
+        # (~20 ms in site); a distro package's /usr/bin/klpctl is close to this
+        "python3 -S -m klpd.ctl status": [
+            sys.executable,
+            "-S",
+            "-m",
+            "klpd.ctl",
+            "--bus",
+            address,
+            "status",
+        ],
         "busctl get-property State": [
             busctl,
             f"--address={address}",
@@ -55,6 +66,7 @@ def bench_env(pycache: str) -> dict[str, str]:
     PYTHONDONTWRITEBYTECODE, which would make every run compile klpd from source."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPYCACHEPREFIX"] = pycache
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)  # for python -S
     return env
 
 

@@ -19,6 +19,8 @@ from dbus_helpers import (  # noqa: F401  (dbus_address is a fixture)
     run_env,
     sample_snapshot,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 from klpd import ctl
 from klpd.dbus import names
@@ -473,3 +475,22 @@ async def test_wire_reads_what_dbus_fast_sends(
             return conn.call(names.BUS_NAME, names.OBJECT_PATH, names.INTERFACE, "ListPatches")
 
     assert _lists(await asyncio.to_thread(with_wire)) == _lists(reply.body)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(_JSON)
+def test_loads_is_json_loads(value: object) -> None:
+    text = json.dumps(value)
+    assert ctl.loads(text) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", ["", "{", '{"a": 1} x', "[1,]", "nul"])
+def test_loads_refuses_malformed(text: str) -> None:
+    with pytest.raises(ctl.Failure):
+        ctl.loads(text)
