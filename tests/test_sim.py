@@ -425,3 +425,21 @@ def test_config_overrides_fit_klpd_config(sim: SimKernel) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert sim.read("sys/module/libcrc32c/refcnt") == "1"
+
+
+def test_fake_signal_wakes_interruptible_sleepers() -> None:
+    with SimKernel(transition_ms=50, fake_signal_ms=300, uevents=False) as sim:
+        sim.modprobe("ext4")
+        load_and_settle(sim, "lpa__vmlinux")
+        hard = sim.stall("ext4", comm="d-state")
+        soft = sim.stall("ext4", comm="s-state", interruptible=True)
+        sim.modprobe("lpa__ext4")
+        wait_for(reads(sim, f"proc/{soft}/patch_state", "1"), TIMEOUT)  # woken and switched
+        assert sim.read(f"proc/{hard}/patch_state") == "0"
+        assert sim.read(f"{LP}/lpa__ext4/transition") == "1"
+        sim.unstall("ext4")
+        wait_for(reads(sim, f"{LP}/lpa__ext4/transition", "0"), TIMEOUT)
+        # alone, an interruptible sleeper holds a transition only until the fake signal
+        sim.stall("ext4", interruptible=True)
+        sim.write_attr("lpa__ext4", "enabled", "0")
+        wait_for(gone(sim, f"{LP}/lpa__ext4"), TIMEOUT)

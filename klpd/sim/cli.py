@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
         default=100.0,
         help="how long a transition takes (Debian 6.1 under qemu: ~500)",
     )
+    run.add_argument(
+        "--fake-signal-ms",
+        type=float,
+        default=15000.0,
+        help="when a stalled transition wakes interruptible sleepers (kernel: ~15 s)",
+    )
     run.add_argument("--no-uevents", action="store_true", help="send no netlink uevents")
     for verb in (Verb.MODPROBE, Verb.RMMOD):
         sp = sub.add_parser(verb, help=f"{verb} a module, as kmod's {verb} does")
@@ -59,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     stall.add_argument("obj")
     stall.add_argument("--comm", default="klpd-sim-stall")
     stall.add_argument("--func", default=None)
+    stall.add_argument(
+        "--interruptible", action="store_true", help="a fake signal from the kernel wakes it"
+    )
     unstall = sub.add_parser(Verb.UNSTALL, help="wake the tasks sleeping in OBJ")
     unstall.add_argument("obj")
     sub.add_parser(Verb.STATUS, help="print the modules, livepatches and tasks")
@@ -112,14 +121,26 @@ def main(argv: list[str] | None = None) -> int:
     if verb is Verb.RUN:
         from klpd.sim.server import SimServer
 
-        server = SimServer(root, args.transition_ms / 1000.0, uevents=not args.no_uevents)
+        server = SimServer(
+            root,
+            args.transition_ms / 1000.0,
+            uevents=not args.no_uevents,
+            fake_signal_s=args.fake_signal_ms / 1000.0,
+        )
         asyncio.run(server.run())
         return 0
     if verb in (Verb.MODPROBE, Verb.RMMOD):
         return _client(root, {"cmd": verb.value, "name": args.name})
     if verb is Verb.STALL:
         return _client(
-            root, {"cmd": "stall", "name": args.obj, "comm": args.comm, "func": args.func}
+            root,
+            {
+                "cmd": "stall",
+                "name": args.obj,
+                "comm": args.comm,
+                "func": args.func,
+                "interruptible": args.interruptible,
+            },
         )
     if verb is Verb.UNSTALL:
         return _client(root, {"cmd": "unstall", "name": args.obj})

@@ -48,6 +48,7 @@ class SimKernel:
         release: str = DEFAULT_RELEASE,
         spec: Spec | None = None,
         transition_ms: float = 100.0,
+        fake_signal_ms: float = 15000.0,
         uevents: bool = True,
         start_timeout: float = 20.0,
     ) -> None:
@@ -57,6 +58,7 @@ class SimKernel:
         self.spec = spec or demo_spec(release)
         self.release = self.spec.release
         self.transition_ms = transition_ms
+        self.fake_signal_ms = fake_signal_ms
         self.uevents = uevents
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen[bytes] | None = None
@@ -71,7 +73,14 @@ class SimKernel:
 
     def start(self) -> SimKernel:
         init_root(self.root, self.spec)
-        argv = [*self.cli, "run", "--transition-ms", str(self.transition_ms)]
+        argv = [
+            *self.cli,
+            "run",
+            "--transition-ms",
+            str(self.transition_ms),
+            "--fake-signal-ms",
+            str(self.fake_signal_ms),
+        ]
         if not self.uevents:
             argv.append("--no-uevents")
         with self.log_path.open("ab") as log:
@@ -187,9 +196,11 @@ class SimKernel:
     def rmmod(self, name: str, check: bool = True) -> dict[str, Any]:
         return self._call({"cmd": "rmmod", "name": name}, check)
 
-    def stall(self, obj: str, comm: str = "klpd-sim-stall") -> int:
-        """A task sleeps in ``obj``'s patched function; returns its pid."""
-        return int(self._call({"cmd": "stall", "name": obj, "comm": comm}, True)["stdout"])
+    def stall(self, obj: str, comm: str = "klpd-sim-stall", interruptible: bool = False) -> int:
+        """A task sleeps in ``obj``'s patched function; returns its pid. An interruptible
+        one is woken by the kernel's fake signal (``fake_signal_ms``) during a transition."""
+        req = {"cmd": "stall", "name": obj, "comm": comm, "interruptible": interruptible}
+        return int(self._call(req, True)["stdout"])
 
     def unstall(self, obj: str) -> list[int]:
         out = self._call({"cmd": "unstall", "name": obj}, True)["stdout"]

@@ -69,6 +69,7 @@ class Task:
     comm: str
     obj: str
     func: str
+    interruptible: bool = False  # woken by the kernel's fake signal
     patch_state: int = IDLE
 
 
@@ -78,6 +79,7 @@ class Transition:
     target: int
     started: float
     timer: asyncio.TimerHandle | None = None
+    signal_timer: asyncio.TimerHandle | None = None
 
 
 class Kernel:
@@ -88,10 +90,12 @@ class Kernel:
         loop: asyncio.AbstractEventLoop,
         emit_uevent: Callable[[str, str, int], None],
         on_change: Callable[[], None],
+        fake_signal_s: float = 15.0,
     ) -> None:
         self.release = release
         self.version = release_version(release)
         self.transition_s = transition_s
+        self.fake_signal_s = fake_signal_s
         self._loop = loop
         self._emit = emit_uevent
         self._on_change = on_change
@@ -225,10 +229,39 @@ class Kernel:
         self._changed()
         self._schedule_completion()
 
+    def _schedule_fake_signals(self) -> None:
+        tr = self.transition
+        if tr is None:
+            return
+        if tr.signal_timer is not None:
+            tr.signal_timer.cancel()
+        tr.signal_timer = self._loop.call_later(self.fake_signal_s, self._send_fake_signals)
+
+    def _send_fake_signals(self) -> None:
+        """klp_send_signals(): after SIGNALS_TIMEOUT (15) retries, one a second, the kernel
+        wakes interruptible sleepers with a fake signal; they switch on their way out
+        and go back to sleep in the function's new version."""
+        tr = self.transition
+        if tr is None:
+            return
+        tr.signal_timer = None
+        woken = [
+            t for t in self.tasks.values() if t.interruptible and t.patch_state == 1 - tr.target
+        ]
+        for task in woken:
+            task.patch_state = tr.target
+        if woken:
+            log.info("'%s': fake signal to %d task(s)", tr.patch, len(woken))
+            self._changed()
+        self._schedule_fake_signals()
+        self.try_complete_transition()
+
     def _schedule_completion(self) -> None:
         tr = self.transition
         if tr is None:
             return
+        if tr.signal_timer is None:
+            self._schedule_fake_signals()
         if tr.timer is not None:
             tr.timer.cancel()
         delay = max(0.0, tr.started + self.transition_s - self._loop.time())
@@ -252,8 +285,9 @@ class Kernel:
     def _complete_transition(self) -> None:
         tr = self.transition
         assert tr is not None
-        if tr.timer is not None:
-            tr.timer.cancel()
+        for timer in (tr.timer, tr.signal_timer):
+            if timer is not None:
+                timer.cancel()
         patch = self.patches[tr.patch]
         self.transition = None
         for task in self.tasks.values():
@@ -299,6 +333,9 @@ class Kernel:
         patch.enabled = not patch.enabled
         tr.target = 1 - tr.target
         tr.started = self._loop.time()
+        if tr.signal_timer is not None:
+            tr.signal_timer.cancel()
+            tr.signal_timer = None
         # Tasks still in the old state are already where the reversed transition goes;
         # the others are outside the patched functions and switch back at once.
         for task in self.tasks.values():
@@ -343,7 +380,7 @@ class Kernel:
 
     # --- tasks --------------------------------------------------------------------------
 
-    def stall(self, obj: str, comm: str, func: str | None) -> Task:
+    def stall(self, obj: str, comm: str, func: str | None, interruptible: bool = False) -> Task:
         """A task goes to sleep in ``obj``'s patched function."""
         if func is None:
             func = next(
@@ -356,7 +393,7 @@ class Kernel:
                 ),
                 f"{obj}_klpd_sim_sleep",
             )
-        task = Task(self._next_pid, comm, obj, func)
+        task = Task(self._next_pid, comm, obj, func, interruptible)
         self._next_pid += 1
         tr = self.transition
         if tr is not None:

@@ -34,7 +34,13 @@ _WATCHED_ATTRS = ("enabled", "force")
 
 
 class SimServer:
-    def __init__(self, root: Path, transition_s: float, uevents: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        transition_s: float,
+        uevents: bool = True,
+        fake_signal_s: float = 15.0,
+    ) -> None:
         self.root = root.resolve()
         self.release = (self.root / "proc/sys/kernel/osrelease").read_text().strip()
         self.moddir = self.root / "lib/modules" / self.release
@@ -42,6 +48,7 @@ class SimServer:
             self.root / d for d in ("etc/modprobe.d", "run/modprobe.d", "lib/modprobe.d")
         ]
         self.transition_s = transition_s
+        self.fake_signal_s = fake_signal_s
         self.uevents = uevents
         self.tree = TreeWriter(self.root)
         self.inotify: Any = inotify_simple.INotify()
@@ -128,7 +135,10 @@ class SimServer:
         if cmd == "stall":
             func = req.get("func")
             task = k.stall(
-                name, str(req.get("comm") or "klpd-sim-stall"), str(func) if func else None
+                name,
+                str(req.get("comm") or "klpd-sim-stall"),
+                str(func) if func else None,
+                interruptible=bool(req.get("interruptible")),
             )
             return ToolResult(0, stdout=f"{task.pid}\n")
         if cmd == "unstall":
@@ -174,7 +184,9 @@ class SimServer:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        self.kernel = Kernel(self.release, self.transition_s, loop, self._emit, self._sync)
+        self.kernel = Kernel(
+            self.release, self.transition_s, loop, self._emit, self._sync, self.fake_signal_s
+        )
         self._boot()
         self._sync()
         sock = self.root / "sim.sock"
