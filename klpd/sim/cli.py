@@ -33,6 +33,7 @@ class Verb(StrEnum):
     STALL = "stall"
     UNSTALL = "unstall"
     STATUS = "status"
+    EVENTS = "events"
     STOP = "stop"
 
 
@@ -70,7 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     unstall = sub.add_parser(Verb.UNSTALL, help="wake the tasks sleeping in OBJ")
     unstall.add_argument("obj")
-    sub.add_parser(Verb.STATUS, help="print the modules, livepatches and tasks")
+    status = sub.add_parser(Verb.STATUS, help="print the modules, livepatches and tasks")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    events = sub.add_parser(Verb.EVENTS, help="print this sim's module uevents as they come")
+    events.add_argument("--count", type=int, default=0, help="stop after N events")
     sub.add_parser(Verb.STOP, help="stop the running simulated kernel")
     return p
 
@@ -100,6 +104,65 @@ def _client(root: Path, req: dict[str, Any]) -> int:
     sys.stdout.write(reply.get("stdout", ""))
     sys.stderr.write(reply.get("stderr", ""))
     return int(reply.get("rc", 1))
+
+
+def format_status(state: dict[str, Any]) -> str:
+    """``klpd-sim status`` for a person."""
+    tr = state.get("transition")
+    lines = [f"kernel {state['release']}"]
+    if tr:
+        what = "patching" if tr["target"] == 1 else "unpatching"
+        lines[0] += f", transition: {tr['patch']} ({what})"
+    lines.append("modules:")
+    for name, m in sorted(state["modules"].items()):
+        extra = "  livepatch" if m["livepatch"] else ""
+        if m["holders"]:
+            extra += "  used by " + ",".join(m["holders"])
+        lines.append(f"  {name:<24} {m['initstate']:<7} refcnt {m['refcnt']}{extra}")
+    lines.append("livepatches:")
+    for name, p in state["livepatches"].items():
+        objs = " ".join(f"{o}:{'patched' if v else 'unpatched'}" for o, v in p["objects"].items())
+        flags = "".join(f" {f}" for f in ("replace", "forced", "transition") if p[f])
+        lines.append(f"  {name:<24} enabled={int(p['enabled'])}{flags}  {objs}")
+    if state["tasks"]:
+        lines.append("sleeping tasks:")
+        for t in state["tasks"]:
+            lines.append(
+                f"  {t['pid']:<6} {t['comm']:<16} in {t['obj']}  patch_state {t['patch_state']}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _status(root: Path, as_json: bool) -> int:
+    try:
+        reply = request(root, {"cmd": "status"})
+    except (OSError, ValueError) as e:
+        print(f"klpd-sim: the simulated kernel in {root} does not answer: {e}", file=sys.stderr)
+        return 1
+    out = reply.get("stdout", "")
+    sys.stdout.write(out if as_json else format_status(json.loads(out)))
+    return 0
+
+
+def _events(root: Path, count: int) -> int:
+    import pyudev
+
+    monitor = pyudev.Monitor.from_netlink(pyudev.Context(), "udev")
+    monitor.filter_by("module")
+    monitor.start()
+    mine = str(root.resolve())
+    seen = 0
+    try:
+        for dev in iter(monitor.poll, None):
+            if dev.properties.get("KLPD_SIM_ROOT") != mine:
+                continue
+            print(f"{dev.properties.get('SEQNUM')} {dev.action} {dev.sys_name}", flush=True)
+            seen += 1
+            if count and seen >= count:
+                break
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     if verb is Verb.UNSTALL:
         return _client(root, {"cmd": "unstall", "name": args.obj})
+    if verb is Verb.STATUS:
+        return _status(root, args.json)
+    if verb is Verb.EVENTS:
+        return _events(root, args.count)
     return _client(root, {"cmd": verb.value})
 
 
