@@ -296,8 +296,10 @@ class Orchestrator:
             actions = self.plan_now(state)
             self._state, self._pending = state, actions
             if not actions:
-                if self._objects_coming(state):
-                    # Before 5.11 the add uevent precedes init: wait for "live".
+                if self._objects_coming(state) or self._settling(state):
+                    # Before 5.11 the add uevent precedes init: wait for "live". A patch
+                    # whose disable finished is freed by a kernel work item a moment later;
+                    # no uevent says when, so poll while (and only while) one is pending.
                     await asyncio.sleep(self._config.transition.poll_interval)
                     continue
                 break
@@ -311,6 +313,13 @@ class Orchestrator:
     def _objects_coming(self, state: KernelState) -> bool:
         wanted = {o for n in self._selection.desired for o in self._catalog.patches[n].objects}
         return any(m.initstate == "coming" for name, m in state.modules.items() if name in wanted)
+
+    def _settling(self, state: KernelState) -> bool:
+        managed = self._catalog.by_module()
+        return any(
+            not lp.enabled and not lp.transition and name in managed
+            for name, lp in state.livepatches.items()
+        )
 
     def _notice_wiped(self, state: KernelState) -> None:
         """A patch we saw applied vanished without us disabling it: replaced by someone's

@@ -113,6 +113,7 @@ class KlpdProcess:
 
     def start(self, wait_ready: bool = True) -> KlpdProcess:
         write_config(self.config_path, self.sections)
+        self.metrics.unlink(missing_ok=True)  # a previous run's state is not this one's
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), **self.extra_env}
         env.pop("JOURNAL_STREAM", None)
         with self._lock:

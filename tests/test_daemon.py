@@ -208,3 +208,81 @@ def test_stalled_transition_force_policy(sim, make_klpd) -> None:  # type: ignor
     assert (sim.livepatch_dir / "lpa__ext4/force").exists()
     assert "forcing transition of lpa__ext4" in k.log()
     assert sim.status()["livepatches"]["lpa__ext4"]["forced"] is True
+
+
+UPGRADE_FINAL = {"lpa_v2__vmlinux", "lpa_v2__ext4", "lpb__vmlinux", "lpb__ext4"}
+
+
+def _killing_wrapper(tmp_path, sim, tool: str, counter, kill_at: int):  # type: ignore[no-untyped-def]
+    """A modprobe/rmmod that SIGKILLs klpd (its parent) right after call number ``kill_at``,
+    while the transition that call started is still running."""
+    w = tmp_path / f"{tool}-killer"
+    cli = " ".join(sim.cli)
+    w.write_text(
+        "#!/bin/sh\n"
+        f"{cli} {tool} \"$@\"; rc=$?\n"
+        f"n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}\n"
+        f"if [ $n -eq {kill_at} ]; then kill -9 $PPID; fi\n"
+        "exit $rc\n"
+    )
+    w.chmod(0o755)
+    return w
+
+
+def test_killed_after_each_step_converges_on_restart(sim, make_klpd, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Upgrade lpa v1 -> v2 next to lpb: 4 loads, 2 disables, 2 unloads. SIGKILL klpd
+    after each modprobe/rmmod call in turn; a plain restart must converge every time."""
+    sim.modprobe("ext4")
+    base = {"patches": {"exclude": ["lpbad"]}, "transition": {"poll_interval": 0.02}}
+    k = make_klpd({"patches": {"pin": {"lpa": 1}, "exclude": ["lpbad"]}}).start()
+    k.wait_state("converged")
+    k.stop()
+    start = {"lpa__vmlinux", "lpa__ext4", "lpb__vmlinux", "lpb__ext4"}
+    assert applied(sim) == start
+    kills = 0
+    for step in range(1, 7):
+        counter = tmp_path / f"count-{step}"
+        mp = _killing_wrapper(tmp_path, sim, "modprobe", counter, step)
+        rm = _killing_wrapper(tmp_path, sim, "rmmod", counter, step)
+        # back to the v1 state, then the upgrade, killed at call number `step`
+        k.configure({"patches": {"pin": {"lpa": 1}, "exclude": ["lpbad"]},
+                     "kernel": sim.config_overrides()["kernel"]})
+        k.start()
+        k.wait_state("converged", 60)
+        assert applied(sim) == start, k.log()[-4000:]
+        k.stop()
+        k.configure({**base, "patches": {"pin": {}, "exclude": ["lpbad"]},
+                     "kernel": {"modprobe": [str(mp)], "rmmod": [str(rm)]}})
+        k.start()
+        wait_for(lambda: k.proc.poll() is not None or k.metric_state() == "converged", 60)
+        killed = k.proc.poll() is not None
+        kills += killed
+        if killed:
+            k.proc = None
+        else:
+            k.stop()
+        # restart with the real tools: converges from whatever was left
+        k.configure({"kernel": sim.config_overrides()["kernel"]})
+        k.start()
+        k.wait_state("converged", 60)
+        assert applied(sim) == UPGRADE_FINAL, f"step {step}"
+        assert loaded(sim) & {"lpa__vmlinux", "lpa__ext4"} == set(), f"step {step}"
+        k.stop()
+    assert kills >= 4, f"only {kills} runs were killed mid-plan"
+
+
+def test_burst_of_1000_events_with_tiny_buffer_converges(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+    from klpd.sim.uevent import send_module_uevent
+
+    k = make_klpd({**LPA, "events": {"receive_buffer": 4096}}).start()
+    k.wait_state("converged")
+    k.proc.send_signal(19)  # SIGSTOP: the daemon cannot read while the burst arrives
+    try:
+        for i in range(1000):
+            send_module_uevent("add" if i % 2 else "remove", f"klpd_noise_{i % 7}", 50_000 + i)
+        sim.modprobe("ext4")  # the one event that matters is lost in the overflow
+    finally:
+        k.proc.send_signal(18)  # SIGCONT
+    wait_for(lambda: "lpa__ext4" in applied(sim), 60, "lpa__ext4 after the burst")
+    k.wait_state("converged")
+    assert "resync" in k.log() and "ENOBUFS" in k.log()
