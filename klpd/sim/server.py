@@ -20,7 +20,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import inotify_simple  # type: ignore[import-untyped]
+import inotify_simple  # type: ignore[import-untyped,unused-ignore]
 
 from klpd.sim.kernel import Kernel
 from klpd.sim.kmod import ToolResult, modprobe, rmmod
