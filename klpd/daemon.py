@@ -18,6 +18,7 @@ from pathlib import Path
 from klpd import __version__
 from klpd.config import DEFAULT_PATH, Config, ConfigError, load_config
 from klpd.kstate import livepatch_supported
+from klpd.logs import setup_logging
 from klpd.orchestrator import Orchestrator
 from klpd.sdnotify import Notifier
 from klpd.status import Event, EventKind, Snapshot
@@ -54,6 +55,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._dbus: object | None = None
         self._status = ""
+        self._softdeps = ""
 
     def _load_config(self) -> Config:
         self.config = load_config(self.config_path)
@@ -73,6 +75,8 @@ class Daemon:
                 self._status = line
                 self.notifier.status(line)
             self._write_metrics(snap)
+            if self.config.softdep.enabled:
+                self._write_softdeps()
 
     def _write_metrics(self, snap: Snapshot) -> None:
         path = self.config.metrics.textfile
@@ -89,22 +93,31 @@ class Daemon:
         except OSError as e:
             log.warning("cannot write metrics to %s: %s", path, e)
 
-    def _write_softdeps(self) -> None:
-        sd = self.config.softdep
-        if not sd.enabled:
-            return
-        from klpd.softdep import render_softdeps, write_softdeps
+    def _write_softdeps(self, previous_path: str = "") -> None:
+        """Pre-arm modprobe: ``softdep <m> pre: P__<m>`` for the patches being applied, so a
+        modprobe-driven load of ``<m>`` is patched before its init (opt-in, see README)."""
+        from klpd.softdep import remove_softdeps, render_softdeps, write_softdeps
 
+        sd = self.config.softdep
         try:
-            write_softdeps(Path(sd.path), render_softdeps(self.orchestrator.catalog))
+            stale = previous_path if previous_path != sd.path else ""
+            if (stale or not sd.enabled) and remove_softdeps(stale or sd.path):
+                self._softdeps = ""
+            if sd.enabled:
+                text = render_softdeps(self.orchestrator.catalog, self.orchestrator.desired)
+                if text != self._softdeps:  # selection changes are rare; writes rarer
+                    write_softdeps(Path(sd.path), text)
+                    self._softdeps = text
         except OSError as e:
             log.warning("cannot write %s: %s", sd.path, e)
 
     async def _reload(self) -> None:
         self.notifier.reloading()
+        previous = self.config.softdep.path
         try:
             await self.orchestrator.reload()
-            self._write_softdeps()
+            setup_logging(self.config.logging.level, self.config.logging.target)
+            self._write_softdeps(previous)
             log.info("configuration reloaded")
         except Exception as e:
             log.error("reload failed, keeping the previous configuration: %s", e)
@@ -190,8 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         print(f"klpd: configuration {args.config or DEFAULT_PATH} is valid")
         return EXIT_OK
-
-    from klpd.logs import setup_logging
 
     setup_logging("debug" if args.debug else config.logging.level, config.logging.target)
     if not livepatch_supported(Path(config.kernel.sysfs_root)):

@@ -230,6 +230,10 @@ class Orchestrator:
     def catalog(self) -> Catalog:
         return self._catalog
 
+    @property
+    def desired(self) -> frozenset[str]:
+        return self._selection.desired
+
     def module_added(self, module: str) -> None:
         """A module came: a failed ``P__<module>`` gets another chance, then reconcile."""
         for patch in self._catalog.patches.values():

@@ -286,3 +286,22 @@ def test_burst_of_1000_events_with_tiny_buffer_converges(sim, make_klpd) -> None
     wait_for(lambda: "lpa__ext4" in applied(sim), 60, "lpa__ext4 after the burst")
     k.wait_state("converged")
     assert "resync" in k.log() and "ENOBUFS" in k.log()
+
+
+def test_softdep_prearming_follows_the_selection(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+    k = make_klpd({"patches": {"desired": ["lpa"]}, "softdep": {"enabled": True}}).start()
+    k.wait_state("converged")
+    text = sim.softdep_file.read_text()
+    assert "softdep ext4 pre: lpa__ext4" in text
+    assert "lpb__ext4" not in text
+    # the sim's modprobe honours softdeps like kmod: ext4 comes up already patched
+    sim.modprobe("ext4")
+    assert "lpa__ext4" in loaded(sim)
+    assert (sim.livepatch_dir / "lpa__ext4/ext4/patched").read_text().strip() == "1"
+    k.wait_state("converged")
+    k.configure({"patches": {"desired": ["lpa", "lpb"]}})
+    k.proc.send_signal(1)
+    wait_for(lambda: "lpb__ext4" in sim.softdep_file.read_text(), 30, "softdep for lpb")
+    k.configure({"softdep": {"enabled": False}})
+    k.proc.send_signal(1)
+    wait_for(lambda: not sim.softdep_file.exists(), 30, "softdep file removed")
