@@ -443,3 +443,21 @@ def test_fake_signal_wakes_interruptible_sleepers() -> None:
         sim.stall("ext4", interruptible=True)
         sim.write_attr("lpa__ext4", "enabled", "0")
         wait_for(gone(sim, f"{LP}/lpa__ext4"), TIMEOUT)
+
+
+def test_patch_naming_a_missing_function(sim: SimKernel) -> None:
+    sim.modprobe("klpd_target")
+    r = sim.run_cli("modprobe", "--", "lpbad__klpd_target")
+    assert (r.returncode, r.stderr) == (
+        1,
+        "modprobe: ERROR: could not insert 'lpbad__klpd_target': Invalid argument\n",
+    )
+    sim.rmmod("klpd_target")
+    load_and_settle(sim, "lpbad__klpd_target")  # accepted while its object is away
+    r = sim.run_cli("modprobe", "--", "klpd_target")
+    assert (r.returncode, r.stderr) == (
+        1,
+        "modprobe: ERROR: could not insert 'klpd_target': Invalid argument\n",
+    )
+    assert not (sim.root / "sys/module/klpd_target").exists()
+    assert sim.read(f"{LP}/lpbad__klpd_target/klpd_target/patched") == "0"

@@ -61,6 +61,7 @@ class LivePatch:
     stack_order: int
     enabled: bool = True
     forced: bool = False
+    missing_func: bool = False  # names a function its object lacks
 
 
 @dataclass(slots=True)
@@ -177,11 +178,16 @@ class Kernel:
         if self.transition is not None:
             return errno.EBUSY
         obj = mf.lp_object
+        if mf.lp_missing_func and self.loaded(obj):
+            log.error("symbol '%s' not found in object '%s'", mf.lp_funcs[0], obj)
+            return errno.EINVAL  # klp_init_patch() fails before the EBUSY check
         objects = {obj: LpObject(obj, list(mf.lp_funcs))}
         if mf.lp_replace:
             self._add_nops(objects)
         self._stack_order += 1
-        patch = LivePatch(mod.name, objects, mf.lp_replace, self._stack_order)
+        patch = LivePatch(
+            mod.name, objects, mf.lp_replace, self._stack_order, missing_func=mf.lp_missing_func
+        )
         mod.refcnt += 1  # try_module_get(patch->mod)
         self.patches[mod.name] = patch
         for o in objects.values():
@@ -201,9 +207,19 @@ class Kernel:
     def _klp_module_coming(self, mod: Module) -> int:
         for patch in self.patches.values():
             o = patch.objects.get(mod.name)
-            if o is not None:
-                o.patched = True
-                log.info("applying patch '%s' to loading module '%s'", patch.module, mod.name)
+            if o is None:
+                continue
+            if patch.missing_func:
+                log.warning(
+                    "patch '%s' failed for module '%s', refusing to load module '%s'",
+                    patch.module,
+                    mod.name,
+                    mod.name,
+                )
+                self._klp_module_going(mod)
+                return errno.EINVAL
+            o.patched = True
+            log.info("applying patch '%s' to loading module '%s'", patch.module, mod.name)
         return 0
 
     def _klp_module_going(self, mod: Module) -> None:

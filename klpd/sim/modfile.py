@@ -53,6 +53,10 @@ class ModFile:
         return self.get("klpd_sim_replace") == "Y"
 
     @property
+    def lp_missing_func(self) -> bool:
+        return self.get("klpd_sim_missing_func") == "Y"
+
+    @property
     def init_errno(self) -> int:
         """0, or the errno the module's init returns (``klpd_sim_init_errno``)."""
         name = self.get("klpd_sim_init_errno")

@@ -20,7 +20,10 @@ the sim runs. Sim-only modinfo keys (``klpd_sim_*``) say what a real module says
 - ``klpd_sim_object``: the object patched (default: the name after the last ``__``);
 - ``klpd_sim_funcs``: comma-separated patched functions (``<func>,1`` directories in sysfs);
 - ``klpd_sim_replace=Y``: the ``klp_patch`` sets ``.replace = true``;
-- ``klpd_sim_init_errno=EINVAL``: the module's init fails with that errno.
+- ``klpd_sim_init_errno=EINVAL``: the module's init fails with that errno;
+- ``klpd_sim_missing_func=Y``: the patch names a function its object lacks: loading it
+  fails with EINVAL while the object is loaded; loaded first, it makes the object's
+  load fail with EINVAL instead.
 """
 
 from __future__ import annotations
@@ -105,6 +108,15 @@ def demo_spec(release: str = DEFAULT_RELEASE) -> Spec:
             "CVE-2026-0006",
             "ext4_no_such_function",
             klpd_sim_init_errno="EINVAL",
+        ),
+        # as tests/realkernel's lpbad__klpd_target: names a function klpd_target lacks
+        "lpbad__klpd_target": lp(
+            "klpd_target",
+            "lpbad",
+            1,
+            "CVE-2026-0006",
+            "klpd_target_no_such_function",
+            klpd_sim_missing_func="Y",
         ),
     }
     return Spec(release=release, modules=modules)
