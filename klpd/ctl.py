@@ -139,7 +139,21 @@ def render_blocking(tasks: list[dict[str, Any]], indent: str = "") -> list[str]:
     return out
 
 
-def render_patch(p: dict[str, Any], detailed: bool = False) -> list[str]:
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    return f"{s // 3600} h" if s < 172800 else f"{s // 86400} days"
+
+
+def _quiet(p: dict[str, Any]) -> bool:
+    """A retired or disabled patch with nothing loaded: one line is enough in status."""
+    return p["status"] in ("retired", "disabled") and not any(m["loaded"] for m in p["modules"])
+
+
+def render_patch(p: dict[str, Any], detailed: bool = False, brief: bool = False) -> list[str]:
     meta = [f"series {p['series']} v{p['version']}"]
     if not p["desired"]:
         meta.append("not desired")
@@ -147,10 +161,11 @@ def render_patch(p: dict[str, Any], detailed: bool = False) -> list[str]:
         meta.append(", ".join(p["cves"]))
     head = f"{p['name']}: {p['status']}  ({'; '.join(meta)})"
     out = [head + (f" - {p['description']}" if p.get("description") else "")]
+    if brief:
+        return out
     for m in p["modules"]:
         note = "" if m["object_loaded"] or m["obj"] == "vmlinux" else f" ({m['obj']} not loaded)"
-        line = f"  {m['module']:<32} {m['obj']:<16} {m['status']:<11}{note}"
-        out.append(line)
+        out.append(f"  {m['module']:<32} {m['obj']:<16} {m['status']:<11}{note}".rstrip())
         if m.get("error"):
             out.append(f"      error: {m['error']}")
         if detailed:
@@ -170,20 +185,21 @@ def render_status(s: dict[str, Any]) -> str:
     ]
     t = s.get("transition")
     if t:
-        age = max(0.0, time.time() - t["started_at"])
+        age = _duration(max(0.0, time.time() - t["started_at"]))
         stalled = "  STALLED" if t["stalled"] else ""
-        out.append(f"transition: {t['module']} -> {t['target']}, {age:.0f} s{stalled}")
+        out.append(f"transition: {t['module']} -> {t['target']}, for {age}{stalled}")
         if t["blocking"]:
             out.append("  blocked by:")
             out += render_blocking(t["blocking"], "  ")
     if s.get("last_error"):
         out.append(f"last error: {s['last_error']}")
-    out.append("")
-    if s["patches"]:
-        for p in s["patches"]:
-            out += render_patch(p)
-    else:
-        out.append("no patches installed")
+    counts: dict[str, int] = {}
+    for p in s["patches"]:
+        counts[p["status"]] = counts.get(p["status"], 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    out += [f"patches: {summary or 'none installed'}", ""]
+    for p in s["patches"]:
+        out += render_patch(p, brief=_quiet(p))
     if s.get("pending"):
         out += ["", "pending:"] + [f"  {a}" for a in s["pending"]]
     failed = [
@@ -193,7 +209,8 @@ def render_status(s: dict[str, Any]) -> str:
         if m["status"] in ("failed", "refused")
     ]
     if failed:
-        out += ["", "failed:"] + [f"  {mod}: {err or 'refused'}" for mod, err in failed]
+        out += ["", "failed or refused:"]
+        out += [f"  {mod}: {err or 'refused'}" for mod, err in failed]
     if s.get("foreign_livepatches"):
         out += ["", "not managed by klpd: " + ", ".join(s["foreign_livepatches"])]
     return "\n".join(out)

@@ -195,7 +195,8 @@ async def test_status_screen_shows_everything(
     out = (await klpctl(dbus_address, "status")).stdout
     for needle in (
         "kernel: 6.1.0-test-amd64",
-        "transition: lpb__vmlinux -> patched",
+        "transition: lpb__vmlinux -> patched, for ",
+        "patches: 1 applied, 1 partial",
         "STALLED",
         "4242 sleepy",
         "do_nanosleep",
@@ -206,7 +207,7 @@ async def test_status_screen_shows_everything(
         "(ext4 not loaded)",
         "lpb: partial",
         "pending:\n  load lpb__xfs (object-loaded)",
-        "failed:\n  lpb__xfs: modprobe: could not insert lpb__xfs",
+        "failed or refused:\n  lpb__xfs: modprobe: could not insert lpb__xfs",
     ):
         assert needle in out, needle
 
@@ -403,7 +404,7 @@ def test_client_path_imports_nothing_heavy() -> None:
 def test_render_status_without_patches() -> None:
     snap = replace(sample_snapshot(OverallState.FAILED), patches=(), pending=(), last_error="")
     text = ctl.render_status(json.loads(snap.to_json()))
-    assert text.startswith("klpd: FAILED") and "no patches installed" in text
+    assert text.startswith("klpd: FAILED") and "patches: none installed" in text
 
 
 def test_names_module_is_the_contract() -> None:
