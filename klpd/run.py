@@ -46,8 +46,9 @@ class RunResult:
                 name = str(-self.returncode)
             return f"{cmd}: killed by signal {name}"
         msg = self.stderr.strip().splitlines()
-        last = msg[-1] if msg else "(no message)"
-        return f"{cmd}: exit {self.returncode}: {last}"
+        if not msg:
+            return f"{cmd}: exit {self.returncode}"
+        return f"{msg[-1]} (exit {self.returncode})"  # kmod names itself: "modprobe: ERROR: …"
 
 
 def _env() -> dict[str, str]:
