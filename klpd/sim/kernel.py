@@ -4,8 +4,8 @@ It models what ``kernel/module/`` and ``kernel/livepatch/`` (6.1) do that klpd c
 ``init_module``/``delete_module`` with reference counts, ``klp_enable_patch`` (one
 transition at a time, else ``-EBUSY``), ``klp_module_coming``/``klp_module_going``,
 ``enabled_store``/``force_store``, transitions that complete after a delay unless a task
-sleeps in a patched function, and atomic-replace. After every change it renders sysfs
-and procfs (:meth:`Kernel.render`) and the caller writes them out.
+sleeps in a patched function, and atomic-replace. After every change it calls
+``on_change``; :mod:`klpd.sim.render` turns the state into sysfs and procfs.
 """
 
 from __future__ import annotations
@@ -16,17 +16,13 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from klpd.sim.modfile import ModFile
-from klpd.sim.tree import Unit
 
 log = logging.getLogger(__name__)
 
 VMLINUX = "vmlinux"
 IDLE, UNPATCHED, PATCHED = -1, 0, 1  # KLP_TRANSITION_IDLE, _UNPATCHED, _PATCHED
-
-_RO, _RW, _WO = 0o444, 0o644, 0o200
 
 
 def release_version(release: str) -> tuple[int, int]:
@@ -432,86 +428,6 @@ class Kernel:
 
     def _changed(self) -> None:
         self._on_change()
-
-    def render(self) -> dict[str, Unit]:
-        units: dict[str, Unit] = {}
-        for mod in self.modules.values():
-            taint = "OK" if mod.livepatch else ""
-            units[f"sys/module/{mod.name}"] = Unit(
-                files={
-                    "initstate": (mod.initstate + "\n", _RO),
-                    "refcnt": (f"{mod.refcnt}\n", _RO),
-                    "taint": (taint + "\n", _RO),
-                },
-                dirs=frozenset({"holders"}),
-                links={f"holders/{h}": f"../../{h}" for h in mod.holders},
-            )
-        transition = self.transition.patch if self.transition else None
-        for patch in self.patches.values():
-            files: dict[str, tuple[str, int]] = {
-                "enabled": (f"{int(patch.enabled)}\n", _RW),
-                "transition": (f"{int(patch.module == transition)}\n", _RO),
-                "force": ("", _WO),
-            }
-            if self.version >= (6, 11):
-                files["replace"] = (f"{int(patch.replace)}\n", _RO)
-            if self.version >= (6, 14):
-                files["stack_order"] = (f"{patch.stack_order}\n", _RO)
-            dirs: set[str] = set()
-            for o in patch.objects.values():
-                if self.version >= (6, 1):
-                    files[f"{o.name}/patched"] = (f"{int(o.patched)}\n", _RO)
-                dirs.add(o.name)
-                dirs.update(f"{o.name}/{f},1" for f in [*o.funcs, *o.nop_funcs])
-            units[f"sys/kernel/livepatch/{patch.module}"] = Unit(files, frozenset(dirs))
-        for task in self.tasks.values():
-            where = "" if task.obj == VMLINUX else f" [{task.obj}]"
-            stack = (
-                "[<0>] __schedule+0x2f4/0x880\n"
-                "[<0>] schedule+0x5a/0xd0\n"
-                f"[<0>] {task.func}+0x4c/0x120{where}\n"
-                "[<0>] do_syscall_64+0x55/0xb0\n"
-                "[<0>] entry_SYSCALL_64_after_hwframe+0x6e/0xd8\n"
-            )
-            units[f"proc/{task.pid}"] = Unit(
-                files={
-                    "comm": (task.comm + "\n", _RO),
-                    "patch_state": (f"{task.patch_state}\n", _RO),
-                    "stack": (stack, 0o400),
-                }
-            )
-        return units
-
-    def snapshot(self) -> dict[str, Any]:
-        """The state as plain data, for ``klpd-sim status``."""
-        tr = self.transition
-        return {
-            "release": self.release,
-            "modules": {
-                m.name: {
-                    "initstate": m.initstate,
-                    "refcnt": m.refcnt,
-                    "holders": sorted(m.holders),
-                    "livepatch": m.livepatch,
-                }
-                for m in self.modules.values()
-            },
-            "livepatches": {
-                p.module: {
-                    "enabled": p.enabled,
-                    "replace": p.replace,
-                    "forced": p.forced,
-                    "transition": tr is not None and tr.patch == p.module,
-                    "objects": {o.name: o.patched for o in p.objects.values()},
-                }
-                for p in self.patches.values()
-            },
-            "transition": None if tr is None else {"patch": tr.patch, "target": tr.target},
-            "tasks": [
-                {"pid": t.pid, "comm": t.comm, "obj": t.obj, "patch_state": t.patch_state}
-                for t in self.tasks.values()
-            ],
-        }
 
 
 def _parse_bool(text: str) -> bool | None:

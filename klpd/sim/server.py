@@ -24,6 +24,7 @@ import inotify_simple  # type: ignore[import-untyped,unused-ignore]
 
 from klpd.sim.kernel import Kernel
 from klpd.sim.kmod import ToolResult, modprobe, rmmod
+from klpd.sim.render import render, snapshot
 from klpd.sim.tree import TreeWriter
 from klpd.sim.uevent import send_module_uevent
 
@@ -69,7 +70,7 @@ class SimServer:
 
     def _sync(self) -> None:
         assert self.kernel is not None
-        _, removed = self.tree.apply(self.kernel.render(), self._watch_new_unit)
+        _, removed = self.tree.apply(render(self.kernel), self._watch_new_unit)
         prefix = LIVEPATCH_DIR + "/"
         for unit in removed:
             if unit.startswith(prefix):
@@ -145,7 +146,7 @@ class SimServer:
             pids = k.unstall(name)
             return ToolResult(0, stdout="".join(f"{p}\n" for p in pids))
         if cmd == "status":
-            return ToolResult(0, stdout=json.dumps(k.snapshot(), indent=2) + "\n")
+            return ToolResult(0, stdout=json.dumps(snapshot(k), indent=2) + "\n")
         if cmd == "stop":
             self._stop.set()
             return ToolResult(0)
