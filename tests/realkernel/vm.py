@@ -31,6 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -163,7 +164,10 @@ def build_initramfs(kver: str, out: Path) -> Path:
         with out.open("wb") as f:
             proc = subprocess.run(
                 ["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"],
-                input="\n".join(files).encode(), stdout=f, cwd=root, check=False,
+                input="\n".join(files).encode(),
+                stdout=f,
+                cwd=root,
+                check=False,
             )
         if proc.returncode != 0:
             raise HarnessError("cpio failed")
@@ -209,12 +213,28 @@ def host_depmod(build: Build, out: Path) -> Path:
 def qemu_argv(build: Build, initrd: Path, results_dir: Path, *, smp: int, mem_mb: int) -> list[str]:
     return [
         "qemu-system-x86_64",
-        "-accel", "tcg", "-cpu", "max", "-smp", str(smp), "-m", str(mem_mb),
-        "-nographic", "-no-reboot", "-nic", "none",
-        "-kernel", str(build.kernel), "-initrd", str(initrd),
-        "-append", "console=ttyS0 quiet panic=-1 mitigations=off rdinit=/init",
-        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-        "-virtfs", f"local,path={results_dir},mount_tag=results,security_model=none",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-smp",
+        str(smp),
+        "-m",
+        str(mem_mb),
+        "-nographic",
+        "-no-reboot",
+        "-nic",
+        "none",
+        "-kernel",
+        str(build.kernel),
+        "-initrd",
+        str(initrd),
+        "-append",
+        "console=ttyS0 quiet panic=-1 mitigations=off rdinit=/init",
+        "-virtfs",
+        "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        "-virtfs",
+        f"local,path={results_dir},mount_tag=results,security_model=none",
     ]
 
 
@@ -263,8 +283,9 @@ def run_guest(
     start = time.monotonic()
     markers: dict[str, float] = {}
     console: list[str] = []
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     assert proc.stdout is not None
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -301,6 +322,7 @@ def run_guest(
     console.append(buf.decode("utf-8", "replace"))
     text = "".join(console)
     (results_dir / "console.log").write_text(text)
+    (results_dir / "markers.json").write_text(json.dumps(markers))
     uptime = results_dir / "guest-up"
     run = GuestRun(
         results_dir=results_dir,
@@ -327,14 +349,14 @@ def _read(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
-def _parse_livepatch(text: str) -> dict[str, object]:
+def _parse_livepatch(text: str) -> dict[str, Any]:
     """sysfs lines -> {patch: {attr: value, "objects": {obj: {attr: value, "funcs": [..]}}}}."""
-    tree: dict[str, dict] = {}
+    tree: dict[str, Any] = {}
     prefix = "/sys/kernel/livepatch/"
     for line in text.splitlines():
         kind, _, rest = line.partition(" ")
         path, _, value = rest.partition(" ")
-        parts = path[len(prefix):].split("/")
+        parts = path[len(prefix) :].split("/")
         patch = tree.setdefault(parts[0], {"objects": {}})
         if len(parts) == 1:
             continue
@@ -358,8 +380,12 @@ def _parse_modules(text: str) -> dict[str, dict[str, object]]:
     for line in text.splitlines():
         f = line.split()
         # name size refcnt users state address [taints]
-        mods[f[0]] = {"refcnt": int(f[2]), "users": f[3], "state": f[4],
-                      "taints": f[6].strip("()") if len(f) > 6 else ""}
+        mods[f[0]] = {
+            "refcnt": int(f[2]),
+            "users": f[3],
+            "state": f[4],
+            "taints": f[6].strip("()") if len(f) > 6 else "",
+        }
     return mods
 
 
@@ -393,32 +419,38 @@ def _split_dmesg(dmesg: list[list[object]], scenario: str) -> dict[int, list[lis
     return per_step
 
 
-def read_scenario(out: Path, dmesg: list[list[object]]) -> dict[str, object]:
+def read_scenario(out: Path, dmesg: list[list[object]]) -> dict[str, Any]:
     steps = []
     step_dir = out / "steps"
-    numbers = sorted({p.name.split(".")[0] for p in step_dir.iterdir()}) if step_dir.exists() else []
+    numbers = (
+        sorted({p.name.split(".")[0] for p in step_dir.iterdir()}) if step_dir.exists() else []
+    )
     per_step = _split_dmesg(dmesg, out.name)
     for num in numbers:
+
         def part(suffix: str, num: str = num) -> str:
             return _read(step_dir / f"{num}.{suffix}")
+
         times = part("time").split()
         if len(times) != 2:
             continue  # the guest died inside this step
         t0, t1 = float(times[0]), float(times[1])
-        steps.append({
-            "n": int(num),
-            "name": part("name").strip(),
-            "cmd": part("cmd").strip(),
-            "rc": int(part("rc").strip()),
-            "stdout": part("stdout"),
-            "stderr": part("stderr"),
-            "t0": t0,
-            "seconds": round(t1 - t0, 2),
-            "livepatch": _parse_livepatch(part("livepatch")),
-            "modules": _parse_modules(part("modules")),
-            "values": _parse_values(part("values")),
-            "dmesg": per_step.get(int(num), []),
-        })
+        steps.append(
+            {
+                "n": int(num),
+                "name": part("name").strip(),
+                "cmd": part("cmd").strip(),
+                "rc": int(part("rc").strip()),
+                "stdout": part("stdout"),
+                "stderr": part("stderr"),
+                "t0": t0,
+                "seconds": round(t1 - t0, 2),
+                "livepatch": _parse_livepatch(part("livepatch")),
+                "modules": _parse_modules(part("modules")),
+                "values": _parse_values(part("values")),
+                "dmesg": per_step.get(int(num), []),
+            }
+        )
     rc = _read(out / "rc").strip()
     return {"rc": int(rc) if rc else None, "steps": steps, "log": _read(out / "scenario.log")}
 
@@ -435,12 +467,14 @@ def transitions_from_dmesg(dmesg: list[list[object]]) -> list[dict[str, object]]
         m = re.search(r"livepatch: '([^']+)': (patching|unpatching) complete", str(msg))
         if m and m.group(1) in starts and ts is not None:
             kind, t0 = starts.pop(m.group(1))
-            out.append({"patch": m.group(1), "direction": kind, "start": t0,
-                        "seconds": round(float(ts) - t0, 6)})  # type: ignore[arg-type]
+            end = float(ts)  # type: ignore[arg-type]
+            out.append(
+                {"patch": m.group(1), "direction": kind, "start": t0, "seconds": round(end - t0, 6)}
+            )
     return out
 
 
-def read_trace(run: GuestRun) -> dict[str, object]:
+def read_trace(run: GuestRun) -> dict[str, Any]:
     rd = run.results_dir
     dmesg = _parse_dmesg(_read(rd / "dmesg"))
     scenarios = {}
@@ -453,24 +487,63 @@ def read_trace(run: GuestRun) -> dict[str, object]:
         "guest_uptime_at_pid1": run.guest_uptime_at_pid1,
         "transitions": transitions_from_dmesg(dmesg),
         "scenarios": scenarios,
-        "dmesg": dmesg,
+        # The boot log is in results_dir/dmesg; the trace keeps what the scenarios caused.
+        "dmesg": _since_first_step(dmesg),
     }
+
+
+def _since_first_step(dmesg: list[list[object]]) -> list[list[object]]:
+    for i, (_, msg) in enumerate(dmesg):
+        if str(msg).startswith("klpd-step "):
+            return dmesg[i:]
+    return []
+
+
+def load_run(results_dir: Path) -> GuestRun:
+    """A finished run from its results directory, without booting again."""
+    markers: dict[str, float] = json.loads(_read(results_dir / "markers.json") or "{}")
+    uptime = _read(results_dir / "guest-up").strip()
+    return GuestRun(
+        results_dir=results_dir,
+        console=_read(results_dir / "console.log"),
+        returncode=None,
+        host_seconds=markers.get("GUEST-DONE", 0.0),
+        boot_seconds=markers.get("GUEST-UP"),
+        guest_uptime_at_pid1=float(uptime) if uptime else None,
+        markers=markers,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scenario", action="append", type=Path,
-                    help="guest scenario script (repeatable; default: scenarios/kernel_facts.sh)")
+    ap.add_argument(
+        "--scenario",
+        action="append",
+        type=Path,
+        help="guest scenario script (repeatable; default: scenarios/kernel_facts.sh)",
+    )
     ap.add_argument("--out", type=Path, help="write the JSON trace here")
     ap.add_argument("--results-dir", type=Path)
+    ap.add_argument(
+        "--from-results", type=Path, help="read a finished run's results directory, do not boot"
+    )
     ap.add_argument("--smp", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=1200.0)
     ap.add_argument("--quiet", action="store_true", help="do not echo the guest console")
     args = ap.parse_args(argv)
     scenarios = args.scenario or [SCENARIO_DIR / "kernel_facts.sh"]
     try:
-        run = run_guest(scenarios, results_dir=args.results_dir, timeout=args.timeout,
-                        smp=args.smp, echo_console=not args.quiet)
+        run = (
+            load_run(args.from_results)
+            if args.from_results
+            else run_guest(
+                scenarios,
+                results_dir=args.results_dir,
+                timeout=args.timeout,
+                smp=args.smp,
+                echo_console=not args.quiet,
+            )
+        )
     except HarnessError as e:
         print(f"vm.py: {e}", file=sys.stderr)
         return 1
@@ -478,9 +551,12 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(trace, indent=1)
     if args.out:
         args.out.write_text(text + "\n")
-    print(f"boot {trace['boot_seconds']} s to guest PID 1, whole run {trace['host_seconds']} s, "
-          f"results in {run.results_dir}", file=sys.stderr)
-    for name, sc in trace["scenarios"].items():  # type: ignore[union-attr]
+    print(
+        f"boot {trace['boot_seconds']} s to guest PID 1, whole run {trace['host_seconds']} s, "
+        f"results in {run.results_dir}",
+        file=sys.stderr,
+    )
+    for name, sc in trace["scenarios"].items():
         print(f"scenario {name}: rc {sc['rc']}, {len(sc['steps'])} steps", file=sys.stderr)
     return 0
 

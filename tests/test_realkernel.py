@@ -1,0 +1,296 @@
+"""Split livepatch modules on Debian's real 6.1 kernel, in qemu (TCG), one boot per session.
+
+The session fixture builds the test modules (tests/realkernel/build.sh), boots the VM once and
+runs every guest scenario in that boot; the tests only read the recorded trace. A missing qemu,
+kernel image or headers is an error, never a skip: these tests are the ground truth the
+simulated kernel is checked against.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+# Boot + scenarios take ~2 min under TCG; the first test pays for the session fixture.
+pytestmark = [pytest.mark.realkernel, pytest.mark.timeout(1800)]
+
+HERE = Path(__file__).resolve().parent
+REALKERNEL = HERE / "realkernel"
+KERNEL_FACTS = REALKERNEL / "scenarios" / "kernel_facts.sh"
+
+
+def _load_vm() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("klpd_realkernel_vm", REALKERNEL / "vm.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+vm = _load_vm()
+
+Trace = dict[str, Any]
+Step = dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def trace(tmp_path_factory: pytest.TempPathFactory) -> Trace:
+    keep = os.environ.get("KLPD_REALKERNEL_RESULTS")
+    results = Path(keep) if keep else tmp_path_factory.mktemp("realkernel")
+    build = vm.build_modules()  # HarnessError (an error, not a skip) when tools are missing
+    run = vm.run_guest([KERNEL_FACTS], build=build, results_dir=results, timeout=1500)
+    result: Trace = vm.read_trace(run)
+    return result
+
+
+@pytest.fixture(scope="session")
+def facts(trace: Trace) -> dict[str, Step]:
+    scenario = trace["scenarios"]["kernel_facts"]
+    assert scenario["rc"] == 0, scenario["log"]
+    return {s["name"]: s for s in scenario["steps"]}
+
+
+def out(step: Step) -> str:
+    return str(step["stdout"] + step["stderr"]).strip()
+
+
+def patches(step: Step) -> set[str]:
+    return set(step["livepatch"])
+
+
+def dmesg(step: Step) -> str:
+    return "\n".join(str(msg) for _, msg in step["dmesg"])
+
+
+# ---- the harness itself -------------------------------------------------------------------
+
+
+def test_prerequisites_present() -> None:
+    """Fails (not skips) on a machine without what the real-kernel tests need."""
+    import shutil
+
+    for tool in ("qemu-system-x86_64", "cpio", "depmod", "make"):
+        assert shutil.which(tool), f"{tool} missing: run scripts/setup.sh"
+    assert list(Path("/boot").glob("vmlinuz-*-amd64")), "linux-image-amd64 missing"
+    assert Path("/bin/busybox").exists(), "busybox-static missing"
+
+
+def test_guest_runs_debian_kernel(trace: Trace) -> None:
+    assert re.fullmatch(r"\d+\.\d+\.\d+-\d+-amd64", trace["kernel"])
+    assert trace["boot_seconds"] is not None
+    assert trace["boot_seconds"] < 120
+
+
+def test_every_step_recorded(facts: dict[str, Step]) -> None:
+    assert len(facts) > 100
+    assert "forceun.other.rmmod" in facts  # the last step: the scenario ran to its end
+
+
+# ---- sysfs as 6.1 shows it ------------------------------------------------------------------
+
+
+def test_sysfs_layout_6_1(facts: dict[str, Step]) -> None:
+    tree = facts["lpa.target.value"]["livepatch"]
+    assert set(tree) == {"lpa__vmlinux", "lpa__klpd_target"}
+    vml = tree["lpa__vmlinux"]
+    assert vml["enabled"] == "1" and vml["transition"] == "0"
+    assert "force" in vml and vml["force"] is None  # write-only
+    assert "replace" not in vml and "stack_order" not in vml  # 6.11+, 6.14+
+    assert vml["objects"] == {"vmlinux": {"funcs": ["cmdline_proc_show,1"], "patched": "1"}}
+    assert tree["lpa__klpd_target"]["objects"] == {
+        "klpd_target": {"funcs": ["klpd_target_value,1"], "patched": "1"}
+    }
+
+
+def test_modinfo_fields(facts: dict[str, Step]) -> None:
+    text = facts["baseline.modinfo"]["stdout"]
+    assert re.search(r"^klpd_series:\s+lpa$", text, re.M)
+    assert re.search(r"^klpd_version:\s+2$", text, re.M)
+    assert re.search(r"^livepatch:\s+Y$", text, re.M)
+    assert facts["baseline.modinfo_depends"]["stdout"].strip() == ""
+
+
+# ---- loading ----------------------------------------------------------------------------------
+
+
+def test_split_patch_applies(facts: dict[str, Step]) -> None:
+    assert facts["target.value"]["stdout"] == "original\n"
+    assert facts["lpa.vmlinux.cmdline"]["stdout"] == "lpa-vmlinux\n"
+    assert facts["lpa.target.value"]["stdout"] == "lpa\n"
+    # the livepatch modules are tainted K, the target is not
+    assert "K" in facts["lpa.target.value"]["modules"]["lpa__klpd_target"]["taints"]
+    assert "K" not in facts["lpa.target.value"]["modules"]["klpd_target"]["taints"]
+
+
+def test_second_load_during_transition_is_ebusy(facts: dict[str, Step]) -> None:
+    step = facts["lpa.load_at_once"]
+    if "transition before modprobe lpa__klpd_target: 1" in step["stdout"]:
+        assert step["rc"] == 1
+        assert (
+            "modprobe: ERROR: could not insert 'lpa__klpd_target': Device or resource busy"
+            in step["stderr"]
+        )
+    assert facts["lpa.target.value"]["stdout"] == "lpa\n"
+
+
+def test_module_init_returns_before_transition_ends(facts: dict[str, Step]) -> None:
+    assert facts["lpb.vmlinux.load"]["livepatch"]["lpb__vmlinux"]["transition"] == "1"
+
+
+def test_stacking_newest_wins(facts: dict[str, Step]) -> None:
+    assert facts["lpb.target.value"]["stdout"] == "lpb\n"
+    assert facts["lpb.vmlinux.cmdline"]["stdout"] == "lpb-vmlinux\n"
+
+
+def test_enabled_patch_module_cannot_be_removed(facts: dict[str, Step]) -> None:
+    step = facts["lpb.target.rmmod_enabled"]
+    assert step["rc"] == 1
+    assert out(step) == "rmmod: ERROR: Module lpb__klpd_target is in use"
+    again = facts["lpb.target.enable_again"]
+    assert again["rc"] != 0 and "Invalid argument" in out(again)
+
+
+# ---- the target goes and comes ----------------------------------------------------------------
+
+
+def test_target_removable_under_its_patches(facts: dict[str, Step]) -> None:
+    step = facts["target.rmmod_patched"]
+    assert step["rc"] == 0
+    obj = step["livepatch"]["lpb__klpd_target"]["objects"]["klpd_target"]
+    assert obj["patched"] == "0"
+    assert "reverting patch 'lpb__klpd_target' on unloading module 'klpd_target'" in dmesg(step)
+
+
+def test_reloaded_target_is_patched_by_kernel(facts: dict[str, Step]) -> None:
+    step = facts["target.reload"]
+    assert "applying patch 'lpb__klpd_target' to loading module 'klpd_target'" in dmesg(step)
+    assert facts["target.reload.value"]["stdout"] == "lpb\n"
+
+
+def test_patch_before_target(facts: dict[str, Step]) -> None:
+    step = facts["lpa.target.load_without_target"]
+    assert step["rc"] == 0
+    # the transition runs although the object is absent
+    assert step["livepatch"]["lpa__klpd_target"]["transition"] == "1"
+    assert step["livepatch"]["lpa__klpd_target"]["objects"] == {
+        "klpd_target": {"funcs": ["klpd_target_value,1"], "patched": "0"}
+    }
+    assert facts["target.load_after_patch.value"]["stdout"] == "lpa\n"
+
+
+# ---- disable, remove, any order ----------------------------------------------------------------
+
+
+def test_disable_lower_patch_first(facts: dict[str, Step]) -> None:
+    assert facts["lpa.target.disable_under_lpb"]["rc"] == 0
+    assert "lpa__klpd_target" not in patches(facts["lpa.target.disable_under_lpb.wait"])
+    assert facts["lpa.target.rmmod"]["rc"] == 0
+    assert facts["lpa.target.rmmod.value"]["stdout"] == "lpb\n"
+    assert facts["lpb.target.rmmod.value"]["stdout"] == "original\n"
+    assert facts["lpb.vmlinux.rmmod.cmdline"]["stdout"] == "lpa-vmlinux\n"
+
+
+def test_cumulative_upgrade_by_stacking(facts: dict[str, Step]) -> None:
+    assert facts["lpa_v2.target.value"]["stdout"] == "lpa_v2\n"
+    assert facts["lpa.retire.target.rmmod"]["rc"] == 0
+    assert facts["lpa.retire.vmlinux.rmmod"]["rc"] == 0
+    assert facts["lpa.retire.value"]["stdout"] == "lpa_v2\n"
+    assert facts["lpa.retire.cmdline"]["stdout"] == "lpa_v2-vmlinux\n"
+    assert patches(facts["lpa.retire.cmdline"]) == {"lpa_v2__vmlinux", "lpa_v2__klpd_target"}
+
+
+# ---- a broken patch -------------------------------------------------------------------------
+
+
+def test_broken_patch_fails_with_target_loaded(facts: dict[str, Step]) -> None:
+    step = facts["lpbad.load_with_target"]
+    assert step["rc"] == 1
+    assert out(step) == "modprobe: ERROR: could not insert 'lpbad__klpd_target': Invalid argument"
+    assert "symbol 'klpd_target_no_such_function' not found in symbol table" in dmesg(step)
+
+
+def test_broken_patch_blocks_its_target(facts: dict[str, Step]) -> None:
+    assert facts["lpbad.load_without_target"]["rc"] == 0
+    step = facts["lpbad.target.load"]
+    assert step["rc"] == 1
+    assert out(step) == "modprobe: ERROR: could not insert 'klpd_target': Invalid argument"
+    assert (
+        "patch 'lpbad__klpd_target' failed for module 'klpd_target', "
+        "refusing to load module 'klpd_target'" in dmesg(step)
+    )
+    assert facts["target.load_after_lpbad.value"]["stdout"] == "lpa_v2\n"
+
+
+# ---- stalled transitions --------------------------------------------------------------------
+
+
+def test_stall_holds_transition_and_blocks_others(facts: dict[str, Step]) -> None:
+    assert facts["stall1.stays"]["rc"] == 0
+    task = facts["stall1.task"]["stdout"]
+    assert "patch_state 0" in task and "klpd_target_sleep" in task
+    busy = facts["stall1.load_other_busy"]
+    assert out(busy) == "modprobe: ERROR: could not insert 'lpb__vmlinux': Device or resource busy"
+    assert out(facts["stall1.rmmod_busy"]) == "rmmod: ERROR: Module lpstall__klpd_target is in use"
+    assert facts["stall1.wake.wait"]["rc"] == 0
+    assert facts["stall1.wake.wait"]["livepatch"]["lpstall__klpd_target"]["transition"] == "0"
+
+
+def test_stall_reversed(facts: dict[str, Step]) -> None:
+    assert facts["stall2.reverse.wait"]["rc"] == 0
+    assert "lpstall__klpd_target" not in patches(facts["stall2.reverse.wait"])
+    assert facts["stall2.rmmod"]["rc"] == 0
+
+
+def test_fake_signal_ends_interruptible_stall(facts: dict[str, Step]) -> None:
+    step = facts["stall3.wait_fake_signal"]
+    assert step["rc"] == 0
+    assert "signaling remaining tasks" in dmesg(step)
+    assert step["seconds"] > 10  # SIGNALS_TIMEOUT is 15 s
+
+
+def test_force_on_patching_keeps_module_removable_on_6_1(facts: dict[str, Step]) -> None:
+    assert "forcing remaining tasks to the patched state" in dmesg(facts["force.force"])
+    assert facts["force.rmmod"]["rc"] == 0
+
+
+def test_force_on_unpatching_makes_module_unremovable(facts: dict[str, Step]) -> None:
+    assert "patch_state 1" in facts["forceun.task"]["stdout"]
+    assert "lpstall__klpd_target" not in patches(facts["forceun.wait"])
+    for name in ("forceun.rmmod", "forceun.rmmod_released"):
+        assert out(facts[name]) == "rmmod: ERROR: Module lpstall__klpd_target is in use"
+    assert facts["forceun.other.rmmod"]["rc"] == 0  # only the forced patch stays
+
+
+# ---- atomic replace -------------------------------------------------------------------------
+
+
+def test_atomic_replace_shows_nop_objects_during_transition(facts: dict[str, Step]) -> None:
+    """While it replaces them, lprep__vmlinux shows the objects of the patches it replaces."""
+    step = facts["rep.load"]
+    assert step["livepatch"]["lprep__vmlinux"]["transition"] == "1"
+    assert set(step["livepatch"]["lprep__vmlinux"]["objects"]) == {"vmlinux", "klpd_target"}
+
+
+def test_atomic_replace_replaces_every_patch(facts: dict[str, Step]) -> None:
+    assert patches(facts["rep.wait"]) == {"lprep__vmlinux"}
+    assert facts["rep.value"]["stdout"] == "original\n"  # module patches gone too
+    assert facts["rep.cmdline"]["stdout"] == "lprep-vmlinux\n"
+    for name in ("lpa_v2__klpd_target", "lpa_v2__vmlinux", "lpb__vmlinux"):
+        assert facts["rep.wait"]["modules"][name]["refcnt"] == 0
+    for name in ("rep.rmmod.lpa_v2.target", "rep.rmmod.lpa_v2.vmlinux", "rep.rmmod.lpb.vmlinux"):
+        assert facts[name]["rc"] == 0
+
+
+def test_transitions_take_about_a_second(trace: Trace) -> None:
+    """An unblocked transition ends at the next whole-second retry of klp_transition_work."""
+    plain = [t for t in trace["transitions"] if t["patch"] != "lpstall__klpd_target"]
+    assert len(plain) >= 15
+    assert all(t["seconds"] < 5 for t in plain), plain
