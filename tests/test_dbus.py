@@ -494,3 +494,17 @@ async def test_introspection_matches_docs(
     (live_iface,) = [i for i in live.interfaces if i.name == names.INTERFACE]
     (doc_iface,) = doc.interfaces
     assert ET.tostring(live_iface.to_xml()) == ET.tostring(doc_iface.to_xml())
+
+
+async def test_waiters_are_bounded(
+    served: tuple[FakeController, DbusService], client: MessageBus
+) -> None:
+    controller, service = served
+    service.interface.max_waiters = 1
+    controller.waiting.clear()
+    first = asyncio.ensure_future(call(client, "WaitConverged", "d", 30.0))
+    await controller.waiting.wait()
+    assert error(await call(client, "WaitConverged", "d", 30.0))[0] == names.ERROR_BUSY
+    controller.converge()
+    assert ok(await first) == [True]
+    assert ok(await call(client, "WaitConverged", "d", 1.0)) == [True]

@@ -32,7 +32,7 @@ from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus
 
 import klpd
 from klpd.dbus import auth, names
-from klpd.dbus.errors import InvalidArgument, UnknownPatch, to_dbus_error
+from klpd.dbus.errors import Busy, InvalidArgument, UnknownPatch, to_dbus_error
 from klpd.names import NameError_, validate_patch_name
 from klpd.status import Controller, Event, EventKind, PatchReport, Snapshot
 
@@ -53,14 +53,10 @@ BlockingWire = tuple[int, str, int, str]
 NoReply = Annotated[None, DBusSignature("")]
 SignalBody = Annotated[list[str], DBusSignature("sss")]
 
-_SIGNAL_BY_EVENT: dict[EventKind, str] = {
-    EventKind.PATCH_APPLIED: names.SIGNAL_PATCH_APPLIED,
-    EventKind.PATCH_RETIRED: names.SIGNAL_PATCH_RETIRED,
-    EventKind.PATCH_FAILED: names.SIGNAL_PATCH_FAILED,
-    EventKind.TRANSITION_STARTED: names.SIGNAL_TRANSITION_STARTED,
-    EventKind.TRANSITION_FINISHED: names.SIGNAL_TRANSITION_FINISHED,
-    EventKind.TRANSITION_STALLED: names.SIGNAL_TRANSITION_STALLED,
-}
+
+# Anyone may call WaitConverged, and each call holds a coroutine for up to an hour: bound
+# them (the bus already bounds pending calls per connection and connections per user).
+MAX_WAITERS = 256
 
 
 class DbusStartError(RuntimeError):
@@ -117,6 +113,16 @@ class ManagerInterface(ServiceInterface):
         self._controller = controller
         self._bus = bus
         self._last_properties = properties_of(controller.snapshot())
+        self._waiters = 0
+        self.max_waiters = MAX_WAITERS
+        self._signal_for: dict[EventKind, Callable[[str, str, str], object]] = {
+            EventKind.PATCH_APPLIED: self.PatchApplied,
+            EventKind.PATCH_RETIRED: self.PatchRetired,
+            EventKind.PATCH_FAILED: self.PatchFailed,
+            EventKind.TRANSITION_STARTED: self.TransitionStarted,
+            EventKind.TRANSITION_FINISHED: self.TransitionFinished,
+            EventKind.TRANSITION_STALLED: self.TransitionStalled,
+        }
 
     # properties (read-only; PropertiesChanged on every change)
 
@@ -185,7 +191,13 @@ class ManagerInterface(ServiceInterface):
     @dbus_method()
     async def WaitConverged(self, timeout: DBusDouble) -> DBusBool:
         seconds = _valid_timeout(timeout)
-        return await self._call("WaitConverged", self._controller.wait_converged(seconds))
+        if self._waiters >= self.max_waiters:
+            raise Busy(f"{self._waiters} WaitConverged calls already waiting; try again later")
+        self._waiters += 1
+        try:
+            return await self._call("WaitConverged", self._controller.wait_converged(seconds))
+        finally:
+            self._waiters -= 1
 
     # state changes (root or polkit)
 
@@ -234,9 +246,8 @@ class ManagerInterface(ServiceInterface):
 
     def on_event(self, event: Event) -> None:
         """Controller listener: a signal for the event, then PropertiesChanged if any."""
-        signal = _SIGNAL_BY_EVENT.get(event.kind)
-        if signal is not None:
-            emit: Callable[[str, str, str], object] = getattr(self, signal)
+        emit = self._signal_for.get(event.kind)
+        if emit is not None:
             emit(event.patch, event.module, event.detail)
         self.emit_changed_properties()
 
