@@ -207,7 +207,9 @@ def test_stalled_transition_force_policy(sim, make_klpd) -> None:  # type: ignor
     assert applied(sim) == {"lpa__vmlinux", "lpa__ext4"}
     assert (sim.livepatch_dir / "lpa__ext4/force").exists()
     assert "forcing transition of lpa__ext4" in k.log()
-    assert sim.status()["livepatches"]["lpa__ext4"]["forced"] is True
+    # klp_force_transition() marks a patch forced (unremovable) only when forcing an
+    # *unpatching* transition (or, for a replace patch, the patches it replaces).
+    assert sim.status()["livepatches"]["lpa__ext4"]["transition"] is False
 
 
 UPGRADE_FINAL = {"lpa_v2__vmlinux", "lpa_v2__ext4", "lpb__vmlinux", "lpb__ext4"}

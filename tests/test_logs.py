@@ -13,7 +13,7 @@ import pytest
 
 from klpd.logs import journal_handler, setup_logging, stderr_is_journal
 
-pytest.importorskip("systemd.journal")
+import systemd.journal  # noqa: E402,F401  (a test extra: missing it is a failure, not a skip)
 
 
 class Journal:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import gzip
 import io
 import shutil
 import struct
@@ -62,22 +63,25 @@ def test_round_trip(tmp_path: Path, compression: str) -> None:
     assert list(read_modinfo(path)) == list(EXPECTED)  # file order
 
 
-@pytest.mark.skipif(shutil.which("modinfo") is None, reason="kmod's modinfo not installed")
 @pytest.mark.parametrize("compression", list(SUFFIX))
 def test_kmod_modinfo_agrees_on_generated_files(tmp_path: Path, compression: str) -> None:
-    if not kmod_supports(compression):
-        pytest.skip(f"this kmod cannot read {compression} modules")
     path = tmp_path / f"lp__ext4{SUFFIX[compression]}"
     write_ko(path, FIELDS, compression)
     ours = read_modinfo(path)
+    if not kmod_supports(compression):
+        # Debian 12's kmod is built without zlib: kmod reads the decompressed image instead
+        # (the decompression is the standard library's; the ELF parsing is what is compared).
+        assert compression == "gz", f"kmod unexpectedly lacks {compression} support"
+        path = tmp_path / "lp__ext4.ko"
+        path.write_bytes(gzip.decompress((tmp_path / "lp__ext4.ko.gz").read_bytes()))
     for key in [*ours, "missing_key"]:
         # kmod prints one line per value; trailing blanks in vermagic survive.
         assert kmod_field(path, key) == ours.get(key, []), key
 
 
-@pytest.mark.skipif(shutil.which("modinfo") is None, reason="kmod's modinfo not installed")
-@pytest.mark.skipif(not REAL_MODULES, reason="no kernel modules installed")
 def test_kmod_modinfo_agrees_on_real_modules() -> None:
+    # linux-image-amd64 is installed by scripts/setup.sh: no modules is a broken setup.
+    assert REAL_MODULES, "no kernel modules under /usr/lib/modules"
     for path in REAL_MODULES[:: max(1, len(REAL_MODULES) // 15)]:
         ours = read_modinfo(path)
         for key in ("name", "depends", "vermagic", "alias", "license"):
