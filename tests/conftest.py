@@ -27,3 +27,13 @@ def make_klpd(sim: SimKernel, tmp_path: Path) -> Iterator[type[KlpdProcess]]:
     yield make  # type: ignore[misc]
     for k in made:
         k.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A skipped test is not a passing test: the suite fails if anything was skipped."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if skipped and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if reporter:
+            reporter.write_line(f"FAILED: {skipped} test(s) skipped; a skip counts as a failure")
