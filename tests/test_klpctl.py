@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from klpd_harness import applied, loaded, wait_for
 
 from klpd import ctl
-from klpd.dbus import names
+from klpd.dbus import names, render
 from klpd.dbus.service import DbusService, start_dbus
 from klpd.model import OverallState
 from klpd.status import ControlError, Event, EventKind
@@ -404,7 +404,7 @@ def test_client_path_imports_nothing_heavy() -> None:
 
 def test_render_status_without_patches() -> None:
     snap = replace(sample_snapshot(OverallState.FAILED), patches=(), pending=(), last_error="")
-    text = ctl.render_status(json.loads(snap.to_json()))
+    text = render.render_status(json.loads(snap.to_json()))
     assert text.startswith("klpd: FAILED") and "patches: none installed" in text
 
 
@@ -489,13 +489,13 @@ _JSON = st.recursive(
 @given(_JSON)
 def test_loads_is_json_loads(value: object) -> None:
     text = json.dumps(value)
-    assert ctl.loads(text) == json.loads(text)
+    assert render.loads(text) == json.loads(text)
 
 
 @pytest.mark.parametrize("text", ["", "{", '{"a": 1} x', "[1,]", "nul"])
 def test_loads_refuses_malformed(text: str) -> None:
-    with pytest.raises(ctl.Failure):
-        ctl.loads(text)
+    with pytest.raises(render.MalformedJSON):
+        render.loads(text)
 
 
 # --- the real klpd on the simulated kernel (fixtures sim and make_klpd: tests/conftest.py) ---
