@@ -411,10 +411,11 @@ class Orchestrator:
             return
         if lp.replace:
             self._refuse_replace(action.patch, f"{action.module} is an atomic-replace patch")
-        if lp.transition:
-            outcome = await self._wait_transition(action.module, True, patch=action.patch)
-            if outcome == "reverted":
-                return
+        # Every enable starts a transition, even one that ended before modprobe exited:
+        # report it either way (started/finished signals come in pairs).
+        outcome = await self._wait_transition(action.module, True, patch=action.patch)
+        if outcome == "reverted":
+            return
         if kstate.read_livepatch(self._sysfs, action.module) is not None:
             self._rt.applied_seen.add(action.module)
             self._emit(Event(EventKind.PATCH_APPLIED, action.patch, action.module))
