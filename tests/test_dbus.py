@@ -508,3 +508,25 @@ async def test_waiters_are_bounded(
     controller.converge()
     assert ok(await first) == [True]
     assert ok(await call(client, "WaitConverged", "d", 1.0)) == [True]
+
+
+def test_polkit_policy_declares_the_action() -> None:
+    root = ET.parse(Path(__file__).parent.parent / "etc/polkit-1/actions/io.github.klpd1.policy")
+    (action,) = root.getroot().findall("action")
+    assert action.get("id") == names.POLKIT_ACTION
+    defaults = action.find("defaults")
+    assert defaults is not None
+    assert {d.tag: d.text for d in defaults} == dict.fromkeys(
+        ("allow_any", "allow_inactive", "allow_active"), "auth_admin"
+    )
+
+
+def test_bus_policy_only_root_owns_the_name() -> None:
+    root = ET.parse(Path(__file__).parent.parent / "etc/dbus-1/system.d/io.github.Klpd1.conf")
+    owners = [
+        (policy.attrib, allow.get("own"))
+        for policy in root.getroot().findall("policy")
+        for allow in policy.findall("allow")
+        if allow.get("own")
+    ]
+    assert owners == [({"user": "root"}, names.BUS_NAME)]
