@@ -267,21 +267,49 @@ def test_reverse_a_stalled_disable(sim: SimKernel) -> None:
     assert sim.read("sys/module/lpa__ext4/refcnt") == "1"
 
 
-def test_force_ends_the_transition_and_pins_the_modules(sim: SimKernel) -> None:
+def test_force_on_patching_keeps_the_module_removable(sim: SimKernel) -> None:
     sim.modprobe("ext4")
     load_and_settle(sim, "lpa__vmlinux")
     sim.stall("ext4")
     sim.modprobe("lpa__ext4")
     sim.write_attr("lpa__ext4", "force", "1")
-    wait_for(reads(sim, f"{LP}/lpa__ext4/transition", "0"), TIMEOUT)
+    wait_for(logged(sim, "write '1' to lpa__ext4/force: ok"), TIMEOUT)
+    assert sim.read(f"{LP}/lpa__ext4/transition") == "0"
     assert sim.read(f"{LP}/lpa__ext4/force") == ""
     sim.unstall("ext4")
-    for patch in ("lpa__ext4", "lpa__vmlinux"):  # force marks every patch of the moment
-        sim.write_attr(patch, "enabled", "0")
-        wait_for(gone(sim, f"{LP}/{patch}"), TIMEOUT)
-        assert sim.read(f"sys/module/{patch}/refcnt") == "1"
-        r = sim.run_cli("rmmod", "--", patch)
-        assert (r.returncode, r.stderr) == (1, f"rmmod: ERROR: Module {patch} is in use\n")
+    sim.write_attr("lpa__ext4", "enabled", "0")
+    wait_for(gone(sim, f"{LP}/lpa__ext4"), TIMEOUT)
+    wait_for(reads(sim, "sys/module/lpa__ext4/refcnt", "0"), TIMEOUT)
+    assert sim.run_cli("rmmod", "--", "lpa__ext4").returncode == 0
+
+
+def test_force_on_unpatching_pins_that_module_forever(sim: SimKernel) -> None:
+    sim.modprobe("ext4")
+    load_and_settle(sim, "lpa__vmlinux", "lpa__ext4")
+    sim.stall("ext4")
+    sim.write_attr("lpa__ext4", "enabled", "0")
+    wait_for(reads(sim, f"{LP}/lpa__ext4/transition", "1"), TIMEOUT)
+    sim.write_attr("lpa__ext4", "force", "1")
+    wait_for(gone(sim, f"{LP}/lpa__ext4"), TIMEOUT)
+    sim.unstall("ext4")
+    assert sim.read("sys/module/lpa__ext4/refcnt") == "1"
+    r = sim.run_cli("rmmod", "--", "lpa__ext4")
+    assert (r.returncode, r.stderr) == (1, "rmmod: ERROR: Module lpa__ext4 is in use\n")
+    # only the forced patch stays: the others come and go as before
+    sim.write_attr("lpa__vmlinux", "enabled", "0")
+    wait_for(gone(sim, f"{LP}/lpa__vmlinux"), TIMEOUT)
+    wait_for(reads(sim, "sys/module/lpa__vmlinux/refcnt", "0"), TIMEOUT)
+    assert sim.run_cli("rmmod", "--", "lpa__vmlinux").returncode == 0
+
+
+def test_force_on_a_replace_pins_the_replaced_modules(sim: SimKernel) -> None:
+    load_and_settle(sim, "lpa__vmlinux")
+    sim.stall("vmlinux")
+    sim.modprobe("lprep__vmlinux")
+    sim.write_attr("lprep__vmlinux", "force", "1")
+    wait_for(gone(sim, f"{LP}/lpa__vmlinux"), TIMEOUT)
+    assert sim.read("sys/module/lpa__vmlinux/refcnt") == "1"
+    assert sim.run_cli("rmmod", "--", "lpa__vmlinux").returncode == 1
 
 
 def test_replace_patch_takes_over_everything(sim: SimKernel) -> None:

@@ -34,6 +34,7 @@ def release_version(release: str) -> tuple[int, int]:
 class Module:
     name: str
     livepatch: bool
+    taint: str = ""  # /sys/module/<m>/taint: O out-of-tree, E unsigned, K livepatch
     initstate: str = "coming"
     refcnt: int = 0
     holders: set[str] = field(default_factory=set)
@@ -118,7 +119,8 @@ class Kernel:
             if dep not in self.modules or self.modules[dep].initstate != "live":
                 log.warning("%s: unknown symbol (needs %s)", mf.name, dep)
                 return errno.ENOENT
-        mod = Module(mf.name, mf.livepatch, uses=list(mf.depends))
+        taint = ("" if mf.get("intree") == "Y" else "OE") + ("K" if mf.livepatch else "")
+        mod = Module(mf.name, mf.livepatch, taint, uses=list(mf.depends))
         self.modules[mf.name] = mod
         for dep in mod.uses:
             self.modules[dep].refcnt += 1
@@ -378,15 +380,26 @@ class Kernel:
         return 0
 
     def write_force(self, name: str, text: str) -> int:
-        """``force_store``: ends the transition; every patch is then forced (never put)."""
+        """``force_store``: ends the transition. klp_force_transition() marks the patches
+        being removed as forced, and a forced patch's module reference is never put: the
+        patch being disabled, or (forcing a replace patch in) every patch it replaces."""
         value = _parse_bool(text)
         if value is None or not value:
             return errno.EINVAL
-        if self.transition is None or self.transition.patch != name:
+        tr = self.transition
+        if tr is None or tr.patch != name:
             return errno.EINVAL
-        log.warning("forcing the transition of '%s'", name)
-        for patch in self.patches.values():
+        log.warning(
+            "forcing remaining tasks to the %s state",
+            "patched" if tr.target == PATCHED else "unpatched",
+        )
+        patch = self.patches[name]
+        if tr.target == UNPATCHED:
             patch.forced = True
+        elif patch.replace:
+            for other in self.patches.values():
+                if other is not patch:
+                    other.forced = True
         self._complete_transition()
         return 0
 

@@ -14,7 +14,7 @@ def render(kernel: Kernel) -> dict[str, Unit]:
     """sysfs and procfs as the kernel shows ``kernel``'s state."""
     units: dict[str, Unit] = {}
     for mod in kernel.modules.values():
-        taint = "OK" if mod.livepatch else ""
+        taint = mod.taint
         units[f"sys/module/{mod.name}"] = Unit(
             files={
                 "initstate": (mod.initstate + "\n", _RO),

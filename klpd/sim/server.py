@@ -111,6 +111,10 @@ class SimServer:
                 err = self.kernel.write_enabled(patch, text)
             else:
                 err = self.kernel.write_force(patch, text)
+            # The file holds what the writer wrote; show the kernel's value again.
+            self.tree.invalidate(f"{LIVEPATCH_DIR}/{patch}", event.name)
+            self._sync()
+            # Logged once the tree shows the outcome (tests wait for this line).
             log.info(
                 "write %r to %s/%s: %s",
                 text.strip(),
@@ -118,9 +122,6 @@ class SimServer:
                 event.name,
                 os.strerror(err) if err else "ok",
             )
-            # The file holds what the writer wrote; show the kernel's value again.
-            self.tree.invalidate(f"{LIVEPATCH_DIR}/{patch}", event.name)
-            self._sync()
 
     # --- client requests ------------------------------------------------------------
 
