@@ -274,8 +274,8 @@ def test_force_on_patching_keeps_the_module_removable(sim: SimKernel) -> None:
     sim.modprobe("lpa__ext4")
     sim.write_attr("lpa__ext4", "force", "1")
     wait_for(logged(sim, "write '1' to lpa__ext4/force: ok"), TIMEOUT)
-    assert sim.read(f"{LP}/lpa__ext4/transition") == "0"
     assert sim.read(f"{LP}/lpa__ext4/force") == ""
+    wait_for(reads(sim, f"{LP}/lpa__ext4/transition", "0"), TIMEOUT)
     sim.unstall("ext4")
     sim.write_attr("lpa__ext4", "enabled", "0")
     wait_for(gone(sim, f"{LP}/lpa__ext4"), TIMEOUT)
@@ -489,3 +489,13 @@ def test_patch_naming_a_missing_function(sim: SimKernel) -> None:
     )
     assert not (sim.root / "sys/module/klpd_target").exists()
     assert sim.read(f"{LP}/lpbad__klpd_target/klpd_target/patched") == "0"
+
+
+def test_realistic_timing_retries_on_whole_seconds() -> None:
+    """6.1 under TCG: transitions end on klp_transition_work's 1 s retries, 0.8-1.7 s."""
+    with SimKernel(transition_ms=800, retry_ms=1000, uevents=False) as sim:
+        start = time.monotonic()
+        sim.modprobe("lpa__vmlinux")
+        sim.wait_idle(TIMEOUT)
+        assert 0.8 <= time.monotonic() - start < 2.5
+        assert logged(sim, "livepatch: 'lpa__vmlinux': patching complete")()

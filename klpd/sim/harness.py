@@ -49,6 +49,7 @@ class SimKernel:
         spec: Spec | None = None,
         transition_ms: float = 100.0,
         fake_signal_ms: float = 15000.0,
+        retry_ms: float = 0.0,
         uevents: bool = True,
         start_timeout: float = 20.0,
     ) -> None:
@@ -59,6 +60,7 @@ class SimKernel:
         self.release = self.spec.release
         self.transition_ms = transition_ms
         self.fake_signal_ms = fake_signal_ms
+        self.retry_ms = retry_ms
         self.uevents = uevents
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen[bytes] | None = None
@@ -80,6 +82,8 @@ class SimKernel:
             str(self.transition_ms),
             "--fake-signal-ms",
             str(self.fake_signal_ms),
+            "--retry-ms",
+            str(self.retry_ms),
         ]
         if not self.uevents:
             argv.append("--no-uevents")

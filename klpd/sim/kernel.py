@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,7 +76,7 @@ class Task:
 class Transition:
     patch: str
     target: int
-    started: float
+    earliest: float  # loop time before which it does not complete
     timer: asyncio.TimerHandle | None = None
     signal_timer: asyncio.TimerHandle | None = None
 
@@ -89,11 +90,14 @@ class Kernel:
         emit_uevent: Callable[[str, str, int], None],
         on_change: Callable[[], None],
         fake_signal_s: float = 15.0,
+        retry_s: float = 0.0,
     ) -> None:
         self.release = release
         self.version = release_version(release)
         self.transition_s = transition_s
         self.fake_signal_s = fake_signal_s
+        self.retry_s = retry_s
+        self._tainted = False
         self._loop = loop
         self._emit = emit_uevent
         self._on_change = on_change
@@ -177,7 +181,7 @@ class Kernel:
             return errno.EBUSY
         obj = mf.lp_object
         if mf.lp_missing_func and self.loaded(obj):
-            log.error("symbol '%s' not found in object '%s'", mf.lp_funcs[0], obj)
+            log.error("livepatch: symbol '%s' not found in symbol table", mf.lp_funcs[0])
             return errno.EINVAL  # klp_init_patch() fails before the EBUSY check
         objects = {obj: LpObject(obj, list(mf.lp_funcs))}
         if mf.lp_replace:
@@ -186,6 +190,10 @@ class Kernel:
         patch = LivePatch(
             mod.name, objects, mf.lp_replace, self._stack_order, missing_func=mf.lp_missing_func
         )
+        if not self._tainted:
+            log.warning("%s: tainting kernel with TAINT_LIVEPATCH", mod.name)
+            self._tainted = True
+        log.info("livepatch: enabling patch '%s'", mod.name)
         mod.refcnt += 1  # try_module_get(patch->mod)
         self.patches[mod.name] = patch
         for o in objects.values():
@@ -208,8 +216,14 @@ class Kernel:
             if o is None:
                 continue
             if patch.missing_func:
+                log.error("livepatch: symbol '%s' not found in symbol table", o.funcs[0])
+                log.error(
+                    "livepatch: failed to initialize patch '%s' for module '%s' (-22)",
+                    patch.module,
+                    mod.name,
+                )
                 log.warning(
-                    "patch '%s' failed for module '%s', refusing to load module '%s'",
+                    "livepatch: patch '%s' failed for module '%s', refusing to load module '%s'",
                     patch.module,
                     mod.name,
                     mod.name,
@@ -217,7 +231,9 @@ class Kernel:
                 self._klp_module_going(mod)
                 return errno.EINVAL
             o.patched = True
-            log.info("applying patch '%s' to loading module '%s'", patch.module, mod.name)
+            log.info(
+                "livepatch: applying patch '%s' to loading module '%s'", patch.module, mod.name
+            )
         return 0
 
     def _klp_module_going(self, mod: Module) -> None:
@@ -225,18 +241,23 @@ class Kernel:
             o = patch.objects.get(mod.name)
             if o is not None and o.patched:
                 o.patched = False
-                log.info("reverting patch '%s' on unloading module '%s'", patch.module, mod.name)
+                log.info(
+                    "livepatch: reverting patch '%s' on unloading module '%s'",
+                    patch.module,
+                    mod.name,
+                )
 
     def _blocks(self, task: Task, patch: LivePatch) -> bool:
         o = patch.objects.get(task.obj)
         return o is not None and o.patched
 
     def _start_transition(self, patch: LivePatch, target: int) -> None:
-        self.transition = Transition(patch.module, target, self._loop.time())
+        now = self._loop.time()
+        self.transition = Transition(patch.module, target, now + self.transition_s)
         for task in self.tasks.values():
             task.patch_state = (1 - target) if self._blocks(task, patch) else target
         log.info(
-            "'%s': starting %s transition",
+            "livepatch: '%s': starting %s transition",
             patch.module,
             "patching" if target == PATCHED else "unpatching",
         )
@@ -259,16 +280,16 @@ class Kernel:
         if tr is None:
             return
         tr.signal_timer = None
-        woken = [
-            t for t in self.tasks.values() if t.interruptible and t.patch_state == 1 - tr.target
-        ]
+        pending = [t for t in self.tasks.values() if t.patch_state == 1 - tr.target]
+        if pending:
+            log.info("livepatch: signaling remaining tasks")
+        woken = [t for t in pending if t.interruptible]
         for task in woken:
             task.patch_state = tr.target
         if woken:
-            log.info("'%s': fake signal to %d task(s)", tr.patch, len(woken))
             self._changed()
         self._schedule_fake_signals()
-        self.try_complete_transition()
+        self._schedule_completion()
 
     def _schedule_completion(self) -> None:
         tr = self.transition
@@ -278,21 +299,29 @@ class Kernel:
             self._schedule_fake_signals()
         if tr.timer is not None:
             tr.timer.cancel()
-        delay = max(0.0, tr.started + self.transition_s - self._loop.time())
-        tr.timer = self._loop.call_later(delay, self.try_complete_transition)
+        tr.timer = self._loop.call_at(self._next_attempt(tr.earliest), self.try_complete_transition)
+
+    def _next_attempt(self, earliest: float) -> float:
+        """When to try to complete: at once, or (``retry_s``, the kernel's 1 s
+        ``klp_transition_work``) on the next whole multiple of ``retry_s``."""
+        when = max(self._loop.time(), earliest)
+        if self.retry_s > 0:
+            tick = math.ceil(when / self.retry_s) * self.retry_s
+            when = tick if tick >= when else tick + self.retry_s
+        return when
 
     def try_complete_transition(self) -> None:
         tr = self.transition
         if tr is None:
             return
         tr.timer = None
-        if self._loop.time() < tr.started + self.transition_s:
+        if self._loop.time() < tr.earliest:
             self._schedule_completion()
             return
         blocking = [t for t in self.tasks.values() if t.patch_state not in (IDLE, tr.target)]
         if blocking:
-            # The kernel retries every second; the sim retries when a stall changes.
-            log.info("'%s': %d task(s) still block the transition", tr.patch, len(blocking))
+            # The kernel retries every second; the sim tries again when a task changes.
+            log.debug("'%s': %d task(s) still block the transition", tr.patch, len(blocking))
             return
         self._complete_transition()
 
@@ -307,7 +336,9 @@ class Kernel:
         for task in self.tasks.values():
             task.patch_state = IDLE
         log.info(
-            "'%s': %s complete", patch.module, "patching" if tr.target == PATCHED else "unpatching"
+            "livepatch: '%s': %s complete",
+            patch.module,
+            "patching" if tr.target == PATCHED else "unpatching",
         )
         freed: list[LivePatch] = []
         if tr.target == PATCHED:
@@ -346,7 +377,7 @@ class Kernel:
         patch = self.patches[tr.patch]
         patch.enabled = not patch.enabled
         tr.target = 1 - tr.target
-        tr.started = self._loop.time()
+        tr.earliest = self._loop.time() + self.transition_s
         if tr.signal_timer is not None:
             tr.signal_timer.cancel()
             tr.signal_timer = None
@@ -354,7 +385,11 @@ class Kernel:
         # the others are outside the patched functions and switch back at once.
         for task in self.tasks.values():
             task.patch_state = tr.target
-        log.info("'%s': reversing transition", patch.module)
+        log.info(
+            "livepatch: '%s': reversing transition from %s",
+            patch.module,
+            "unpatching to patching" if tr.target == PATCHED else "patching to unpatching",
+        )
         self._changed()
         self._schedule_completion()
 
@@ -389,10 +424,8 @@ class Kernel:
         tr = self.transition
         if tr is None or tr.patch != name:
             return errno.EINVAL
-        log.warning(
-            "forcing remaining tasks to the %s state",
-            "patched" if tr.target == PATCHED else "unpatched",
-        )
+        # 6.1 prints "patched state" for unpatching transitions too
+        log.warning("livepatch: forcing remaining tasks to the patched state")
         patch = self.patches[name]
         if tr.target == UNPATCHED:
             patch.forced = True
@@ -400,7 +433,11 @@ class Kernel:
             for other in self.patches.values():
                 if other is not patch:
                     other.forced = True
-        self._complete_transition()
+        for task in self.tasks.values():
+            task.patch_state = tr.target
+        tr.earliest = self._loop.time()  # completes on the next attempt
+        self._changed()
+        self._schedule_completion()
         return 0
 
     # --- tasks --------------------------------------------------------------------------
@@ -434,7 +471,7 @@ class Kernel:
             del self.tasks[pid]
         self._changed()
         if pids:
-            self.try_complete_transition()
+            self._schedule_completion()
         return pids
 
     # --- rendering ------------------------------------------------------------------

@@ -41,6 +41,7 @@ class SimServer:
         transition_s: float,
         uevents: bool = True,
         fake_signal_s: float = 15.0,
+        retry_s: float = 0.0,
     ) -> None:
         self.root = root.resolve()
         self.release = (self.root / "proc/sys/kernel/osrelease").read_text().strip()
@@ -50,6 +51,7 @@ class SimServer:
         ]
         self.transition_s = transition_s
         self.fake_signal_s = fake_signal_s
+        self.retry_s = retry_s
         self.uevents = uevents
         self.tree = TreeWriter(self.root)
         self.inotify: Any = inotify_simple.INotify()
@@ -187,7 +189,13 @@ class SimServer:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.kernel = Kernel(
-            self.release, self.transition_s, loop, self._emit, self._sync, self.fake_signal_s
+            self.release,
+            self.transition_s,
+            loop,
+            self._emit,
+            self._sync,
+            fake_signal_s=self.fake_signal_s,
+            retry_s=self.retry_s,
         )
         self._boot()
         self._sync()
