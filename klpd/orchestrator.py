@@ -41,8 +41,8 @@ from klpd.status import (
     EventKind,
     Listener,
     Snapshot,
-    TransitionReport,
 )
+from klpd.transition import Outcome, TransitionWatcher
 
 log = logging.getLogger(__name__)
 
@@ -54,25 +54,6 @@ class Counters:
     reconciles: int = 0
     modprobe_calls: int = 0
     resyncs: int = 0
-
-
-@dataclass
-class _Transition:
-    module: str
-    patch: str
-    target_patched: bool
-    started_at: float
-    stalled: bool = False
-    blocking: tuple[BlockingTask, ...] = ()
-
-    def report(self) -> TransitionReport:
-        return TransitionReport(
-            module=self.module,
-            target="patched" if self.target_patched else "unpatched",
-            started_at=self.started_at,
-            stalled=self.stalled,
-            blocking=self.blocking,
-        )
 
 
 @dataclass
@@ -97,7 +78,13 @@ class Orchestrator:
         self._converged = asyncio.Event()
         self._stopping = False
         self._rt = _Runtime()
-        self._transition: _Transition | None = None
+        self._transitions = TransitionWatcher(
+            Path(config.kernel.sysfs_root),
+            Path(config.kernel.proc_root),
+            self._emit,
+            self._publish,
+            self._set_error,
+        )
         self._last_error = ""
         self._last_reconcile = 0.0
         self._pending: list[Action] = []
@@ -116,6 +103,7 @@ class Orchestrator:
         k = config.kernel
         self._sysfs = Path(k.sysfs_root)
         self._proc = Path(k.proc_root)
+        self._transitions.sysfs, self._transitions.proc = self._sysfs, self._proc
         self._release = k.read_release()
         self._catalog_dirs = [Path(d) for d in config.catalog.resolve(self._release)]
 
@@ -146,8 +134,9 @@ class Orchestrator:
 
     # --- the Controller protocol (what D-Bus adapts) -------------------------------------
 
-    def subscribe(self, listener: Listener) -> None:
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
         self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
     def snapshot(self) -> Snapshot:
         if self._snapshot is None:
@@ -155,7 +144,7 @@ class Orchestrator:
         return self._snapshot
 
     def blocking_tasks(self) -> tuple[BlockingTask, ...]:
-        t = self._transition
+        t = self._transitions.current
         if t is None:
             return ()
         return kstate.blocking_tasks(self._proc, t.target_patched)
@@ -311,7 +300,9 @@ class Orchestrator:
             await self._execute(actions[0])
         self._last_reconcile = time.time()
         self._publish()
-        if not self._pending and self._state.transition is None:
+        # Only a pass that no request arrived during proves convergence; otherwise the run
+        # loop goes round again (``klpctl disable X && klpctl wait`` must see X retired).
+        if not self._pending and self._state.transition is None and not self._dirty.is_set():
             self._converged.set()
 
     def _objects_coming(self, state: KernelState) -> bool:
@@ -414,7 +405,7 @@ class Orchestrator:
         # Every enable starts a transition, even one that ended before modprobe exited:
         # report it either way (started/finished signals come in pairs).
         outcome = await self._wait_transition(action.module, True, patch=action.patch)
-        if outcome == "reverted":
+        if outcome is Outcome.REVERTED:
             return
         if kstate.read_livepatch(self._sysfs, action.module) is not None:
             self._rt.applied_seen.add(action.module)
@@ -441,9 +432,10 @@ class Orchestrator:
             await self._wait_transition(action.module, False, patch=action.patch)
             # The sysfs directory goes (and the module's reference drops) in a work item
             # after the transition: wait for it so the unload that follows can succeed.
-            await self._wait_until(
+            await self._transitions.wait_until(
                 lambda: not (self._sysfs / "kernel/livepatch" / action.module).exists(),
                 self._config.transition.revert_timeout,
+                self._config.transition.poll_interval,
             )
         finally:
             self._rt.disabling.discard(action.module)
@@ -472,82 +464,21 @@ class Orchestrator:
         while (t := self.read_state().transition) is not None:
             await self._wait_transition(t.name, t.enabled)
 
-    async def _wait_until(self, cond: Callable[[], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not cond():
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(self._config.transition.poll_interval)
-        return True
-
-    async def _wait_transition(self, module: str, target_patched: bool, patch: str = "") -> str:
-        """Poll ``transition`` until 0; on a stall apply ``transition.on_stall``.
-
-        Returns "done", "reverted" or "forced".
-        """
-        cfg = self._config.transition
-        t = _Transition(module, patch, target_patched, time.time())
-        self._transition = t
-        self.counters.transitions += target_patched
-        self._emit(Event(EventKind.TRANSITION_STARTED, patch, module, t.report().target))
-        self._publish()
-        started = time.monotonic()
-        outcome = "done"
-        try:
-            while kstate.transition_in_progress(self._sysfs, module):
-                waited = time.monotonic() - started
-                if not t.stalled and waited >= cfg.stall_timeout:
-                    t.stalled = True
-                    t.blocking = kstate.blocking_tasks(self._proc, target_patched)
-                    who = ", ".join(f"{b.comm}[{b.pid}]" for b in t.blocking) or "unknown"
-                    msg = f"transition of {module} stalled for {waited:.1f}s on {who}"
-                    log.warning(msg, extra={"MODULE": module, "ACTION": "stall"})
-                    self._set_error(msg)
-                    self._emit(Event(EventKind.TRANSITION_STALLED, patch, module, msg))
-                    self._publish()
-                    outcome = await self._on_stall(t, msg)
-                    if outcome != "wait":
-                        break
-                    outcome = "done"
-                await asyncio.sleep(cfg.poll_interval)
-        finally:
-            self._transition = None
-        self._emit(Event(EventKind.TRANSITION_FINISHED, patch, module, outcome))
-        self._publish()
-        return outcome
-
-    async def _on_stall(self, t: _Transition, msg: str) -> str:
-        policy = self._config.transition.on_stall
-        if policy == "wait" or t.module not in self._catalog.by_module():
-            # Another tool's transition is its business: report it, never revert it.
-            return "wait"
-        if policy == "force":
-            log.warning("forcing transition of %s: the module can never be removed", t.module)
-            kstate.write_attr(self._sysfs, t.module, "force", "1\n")
-            await self._wait_until(
-                lambda: not kstate.transition_in_progress(self._sysfs, t.module),
-                self._config.transition.revert_timeout,
-            )
-            return "forced"
-        # revert: writing the opposite value to `enabled` reverses the transition
-        log.warning("reverting stalled transition of %s", t.module, extra={"MODULE": t.module})
-        try:
-            kstate.write_attr(
-                self._sysfs, t.module, "enabled", "0\n" if t.target_patched else "1\n"
-            )
-        except OSError as e:
-            log.error("cannot revert %s: %s", t.module, e)
-            return "wait"
-        await self._wait_until(
-            lambda: not kstate.transition_in_progress(self._sysfs, t.module),
-            self._config.transition.revert_timeout,
+    async def _wait_transition(self, module: str, target_patched: bool, patch: str = "") -> Outcome:
+        outcome, t = await self._transitions.wait(
+            module,
+            target_patched,
+            self._config.transition,
+            patch=patch,
+            managed=module in self._catalog.by_module(),
         )
-        if t.target_patched:
-            self._rt.failures[t.module] = f"{msg}; reverted"
-            self._rt.avoid.add(t.module)
+        if outcome is Outcome.REVERTED and target_patched:
+            message = f"{t.stall_message}; reverted"
+            self._rt.failures[module] = message
+            self._rt.avoid.add(module)
             self.counters.failures += 1
-            self._emit(Event(EventKind.PATCH_FAILED, t.patch, t.module, f"{msg}; reverted"))
-        return "reverted"
+            self._emit(Event(EventKind.PATCH_FAILED, patch, module, message))
+        return outcome
 
     # --- reporting ------------------------------------------------------------------------------
 
@@ -562,7 +493,8 @@ class Orchestrator:
                 log.exception("event listener failed on %s", event.kind)
 
     def _build_snapshot(self) -> Snapshot:
-        stalled = bool(self._transition and self._transition.stalled)
+        current = self._transitions.current
+        stalled = bool(current and current.stalled)
         overall = overall_state(
             supported=kstate.livepatch_supported(self._sysfs),
             pending=self._pending,
@@ -570,7 +502,7 @@ class Orchestrator:
             failures=self._rt.failures,
             stalled=stalled,
         )
-        busy = self._transition is not None or self._dirty.is_set() or not self._last_reconcile
+        busy = current is not None or self._dirty.is_set() or not self._last_reconcile
         if busy and overall in (OverallState.CONVERGED, OverallState.DEGRADED):
             overall = OverallState.CONVERGING
         return build_snapshot(
@@ -581,7 +513,7 @@ class Orchestrator:
             refused=frozenset(self._rt.refused),
             pending=self._pending,
             failures=self._rt.failures,
-            transition=self._transition.report() if self._transition else None,
+            transition=current.report() if current else None,
             overall=overall,
             last_error=self._last_error,
             last_reconcile=self._last_reconcile,

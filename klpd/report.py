@@ -22,6 +22,7 @@ def _module_report(
     unapplying: set[str],
     failures: Mapping[str, str],
     refused: bool,
+    refusal: str = "",
 ) -> ModuleReport:
     lp = state.livepatches.get(pm.module)
     loaded = pm.module in state.modules
@@ -30,6 +31,7 @@ def _module_report(
     error = failures.get(pm.module, "")
     if refused:
         status = ModuleStatus.REFUSED
+        error = error or refusal
     elif pm.module in unapplying or (lp is not None and not lp.enabled):
         status = ModuleStatus.UNAPPLYING
     elif lp is not None and lp.transition:
@@ -111,7 +113,15 @@ def build_snapshot(
     for patch in sorted(catalog.patches.values(), key=lambda p: p.name):
         is_refused = patch.replace or patch.name in refused
         mods = tuple(
-            _module_report(pm, state, pending_load, unapplying, failures, is_refused)
+            _module_report(
+                pm,
+                state,
+                pending_load,
+                unapplying,
+                failures,
+                is_refused,
+                notes.get(patch.name, "") or "refused: atomic-replace patch",
+            )
             for pm in sorted(patch.modules.values(), key=lambda m: (m.obj != "vmlinux", m.obj))
         )
         main = patch.main

@@ -135,7 +135,8 @@ class Controller(Protocol):
 
     def blocking_tasks(self) -> tuple[BlockingTask, ...]: ...
 
-    def subscribe(self, listener: Listener) -> None: ...
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` on every event; returns the function that unsubscribes."""
 
     async def reload(self) -> None:
         """Re-read config (if a reloader is wired), rescan the catalog, reconcile."""

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -204,8 +204,9 @@ class FakeController:
     def blocking_tasks(self) -> tuple[BlockingTask, ...]:
         return self.blocking
 
-    def subscribe(self, listener: Listener) -> None:
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
         self.listeners.append(listener)
+        return lambda: self.listeners.remove(listener)
 
     def publish(self, snap: Snapshot, *events: Event) -> None:
         """Change the state, then tell the listeners (as the orchestrator does)."""

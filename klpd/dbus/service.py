@@ -293,15 +293,16 @@ class DbusService:
         self.bus = bus
         self.interface = interface
         self._closed = False
+        self.unsubscribe: Callable[[], None] = lambda: None
 
     def on_event(self, event: Event) -> None:
-        if not self._closed:
-            self.interface.on_event(event)
+        self.interface.on_event(event)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self.unsubscribe()
         self.bus.unexport(names.OBJECT_PATH)
         self.bus.disconnect()
         await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
@@ -341,6 +342,6 @@ async def start_dbus(controller: Controller, bus: str) -> DbusService:
         raise DbusStartError(
             f"{names.BUS_NAME} is already owned on the {bus} bus: is another klpd running?"
         )
-    controller.subscribe(service.on_event)
+    service.unsubscribe = controller.subscribe(service.on_event)
     log.info("serving %s at %s on the %s bus", names.INTERFACE, names.OBJECT_PATH, bus)
     return service
