@@ -133,24 +133,40 @@ def write_attr(sysfs_root: Path, module: str, attr: str, value: str) -> None:
         os.close(fd)
 
 
+def _task_dirs(proc_root: Path) -> list[tuple[int, Path]]:
+    """Every task (thread), not only thread-group leaders: ``patch_state`` is per task and
+    a transition can be blocked by any thread. Falls back to ``/proc/<pid>`` where there is
+    no ``task/`` directory."""
+    out: list[tuple[int, Path]] = []
+    try:
+        pids = [e for e in os.listdir(proc_root) if e.isdigit()]
+    except FileNotFoundError:
+        return out
+    for pid in pids:
+        tasks = proc_root / pid / "task"
+        try:
+            tids = [t for t in os.listdir(tasks) if t.isdigit()]
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            out.append((int(pid), proc_root / pid))
+            continue
+        out += [(int(t), tasks / t) for t in tids]
+    return sorted(out)
+
+
 def blocking_tasks(proc_root: Path, target_patched: bool) -> tuple[BlockingTask, ...]:
     """Tasks whose ``patch_state`` is not the target state while a transition runs."""
     target = 1 if target_patched else 0
     out: list[BlockingTask] = []
-    try:
-        pids = [int(e) for e in os.listdir(proc_root) if e.isdigit()]
-    except FileNotFoundError:
-        return ()
-    for pid in sorted(pids):
-        state = _read_int(proc_root / str(pid) / "patch_state")
+    for tid, d in _task_dirs(proc_root):
+        state = _read_int(d / "patch_state")
         if state is None or state in (PATCH_STATE_UNDEFINED, target):
             continue
         out.append(
             BlockingTask(
-                pid=pid,
-                comm=_read(proc_root / str(pid) / "comm") or "?",
+                pid=tid,
+                comm=_read(d / "comm") or "?",
                 patch_state=state,
-                stack=_read(proc_root / str(pid) / "stack"),
+                stack=_read(d / "stack"),
             )
         )
     return tuple(out)
