@@ -175,6 +175,16 @@ class Daemon:
         return EXIT_OK
 
 
+def kill_switch(proc_root: Path) -> bool:
+    """``klpd.enable=0`` on the kernel command line (like kpatch's ``kpatch.enable=0``); the
+    unit checks it too, this covers starts outside systemd."""
+    try:
+        words = (proc_root / "cmdline").read_text().split()
+    except OSError:
+        return False
+    return "klpd.enable=0" in words
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="klpd", description="Orchestrate split kernel livepatch modules."
@@ -205,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
     setup_logging("debug" if args.debug else config.logging.level, config.logging.target)
+    if kill_switch(Path(config.kernel.proc_root)):
+        log.warning("klpd.enable=0 on the kernel command line: not starting")
+        return EXIT_OK
     if not livepatch_supported(Path(config.kernel.sysfs_root)):
         log.error(
             "this kernel has no livepatch support (%s/kernel/livepatch is missing)",

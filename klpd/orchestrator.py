@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from klpd import kstate
-from klpd.catalog import ModinfoCache, scan_catalog
+from klpd.catalog import ModinfoCache, scan_catalog, vermagic_matches
 from klpd.config import Config
 from klpd.model import (
     Action,
@@ -201,6 +201,15 @@ class Orchestrator:
         self._catalog = scan_catalog(self._catalog_dirs, previous=self._catalog, cache=self._cache)
         for problem in self._catalog.problems:
             log.warning("catalog: %s: %s", problem.path, problem.message)
+        # A module built for another kernel would fail with "Exec format error": say so
+        # up front and never try it.
+        for pm in self._catalog.by_module().values():
+            if not vermagic_matches(pm, self._release):
+                built = pm.vermagic.split()[0] if pm.vermagic else "no vermagic"
+                message = f"built for {built}, the running kernel is {self._release}"
+                self._rt.failures[pm.module] = message
+                self._rt.avoid.add(pm.module)
+                log.warning("%s: %s", pm.module, message, extra={"MODULE": pm.module})
         self._reselect()
         return self._catalog
 

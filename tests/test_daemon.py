@@ -307,3 +307,25 @@ def test_softdep_prearming_follows_the_selection(sim, make_klpd) -> None:  # typ
     k.configure({"softdep": {"enabled": False}})
     k.proc.send_signal(1)
     wait_for(lambda: not sim.softdep_file.exists(), 30, "softdep file removed")
+
+
+def test_module_built_for_another_kernel_is_never_tried(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+    from klpd.sim.kofile import write_ko
+
+    ko = sim.module_dir / "extra/lpa__klpd_target.ko"
+    write_ko(ko, {"livepatch": "Y", "vermagic": "6.0.0-other SMP mod_unload ",
+                  "klpd_series": "lpa", "klpd_version": "1"})
+    sim.modprobe("klpd_target")
+    k = make_klpd(LPA).start()
+    k.wait_state("degraded")
+    assert applied(sim) == MAIN
+    assert "built for 6.0.0-other, the running kernel is 6.1.0-sim" in k.log()
+    assert "modprobe -- lpa__klpd_target" not in k.log()
+
+
+def test_kernel_command_line_kill_switch(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+    (sim.proc_root / "cmdline").write_text("BOOT_IMAGE=/vmlinuz root=/dev/vda1 klpd.enable=0\n")
+    k = make_klpd(LPA).start(wait_ready=False)
+    assert k.proc is not None and k.proc.wait(30) == 0
+    assert "klpd.enable=0 on the kernel command line" in k.log()
+    assert applied(sim) == set()
