@@ -22,7 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from klpd.sim.spec import DEFAULT_RELEASE, demo_spec, init_root, load_spec
+from klpd.sim.spec import BUILTIN_SPECS, DEFAULT_RELEASE, init_root, load_spec
 
 
 class Verb(StrEnum):
@@ -44,7 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", required=True)
     init = sub.add_parser(Verb.INIT, help="create the directory layout and module files")
     init.add_argument("--release", default=None, help=f"kernel release ({DEFAULT_RELEASE})")
-    init.add_argument("--spec", type=Path, default=None, help="TOML spec (default: demo set)")
+    init.add_argument("--spec", type=Path, default=None, help="a TOML spec file")
+    init.add_argument(
+        "--builtin",
+        choices=sorted(BUILTIN_SPECS),
+        default="demo",
+        help="built-in module set when there is no --spec (default: demo)",
+    )
     run = sub.add_parser(Verb.RUN, help="run the simulated kernel until SIGTERM")
     run.add_argument(
         "--transition-ms",
@@ -183,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = (
             load_spec(args.spec, args.release)
             if args.spec
-            else demo_spec(args.release or DEFAULT_RELEASE)
+            else BUILTIN_SPECS[args.builtin](args.release or DEFAULT_RELEASE)
         )
         init_root(root, spec)
         return 0

@@ -274,8 +274,8 @@ class Kernel:
 
     def _send_fake_signals(self) -> None:
         """klp_send_signals(): after SIGNALS_TIMEOUT (15) retries, one a second, the kernel
-        wakes interruptible sleepers with a fake signal; they switch on their way out
-        and go back to sleep in the function's new version."""
+        wakes interruptible sleepers with a fake signal. They leave the function (on 6.1
+        the test's sleeper was gone afterwards), and no longer block."""
         tr = self.transition
         if tr is None:
             return
@@ -285,7 +285,7 @@ class Kernel:
             log.info("livepatch: signaling remaining tasks")
         woken = [t for t in pending if t.interruptible]
         for task in woken:
-            task.patch_state = tr.target
+            del self.tasks[task.pid]
         if woken:
             self._changed()
         self._schedule_fake_signals()

@@ -122,6 +122,39 @@ def demo_spec(release: str = DEFAULT_RELEASE) -> Spec:
     return Spec(release=release, modules=modules)
 
 
+def realkernel_spec(release: str = DEFAULT_RELEASE) -> Spec:
+    """The modules of tests/realkernel (klpd_target and its livepatches), for replaying
+    tests/realkernel/observed-trace.json against the sim."""
+    lp = _livepatch
+    target = "klpd_target"
+    value, sleep = "klpd_target_value", "klpd_target_sleep"
+    modules: dict[str, dict[str, str]] = {
+        target: {**_target("klpd test target"), "intree": ""},
+        "lpa__vmlinux": lp("vmlinux", "lpa", 1, "CVE-2026-0001", _VMLINUX_FUNCS),
+        "lpa__klpd_target": lp(target, "lpa", 1, "CVE-2026-0001", value),
+        "lpb__vmlinux": lp("vmlinux", "lpb", 1, "CVE-2026-0002", _VMLINUX_FUNCS),
+        "lpb__klpd_target": lp(target, "lpb", 1, "CVE-2026-0002", value),
+        "lpa_v2__vmlinux": lp("vmlinux", "lpa", 2, "CVE-2026-0001 CVE-2026-0003", _VMLINUX_FUNCS),
+        "lpa_v2__klpd_target": lp(target, "lpa", 2, "CVE-2026-0001 CVE-2026-0003", value),
+        "lprep__vmlinux": lp(
+            "vmlinux", "lprep", 1, "CVE-2026-0004", _VMLINUX_FUNCS, klpd_sim_replace="Y"
+        ),
+        "lpstall__klpd_target": lp(target, "lpstall", 1, "CVE-2026-0005", sleep),
+        "lpbad__klpd_target": lp(
+            target,
+            "lpbad",
+            1,
+            "CVE-2026-0006",
+            "klpd_target_no_such_function",
+            klpd_sim_missing_func="Y",
+        ),
+    }
+    return Spec(release=release, modules=modules)
+
+
+BUILTIN_SPECS = {"demo": demo_spec, "realkernel": realkernel_spec}
+
+
 def load_spec(path: Path, release: str | None = None) -> Spec:
     """Read a TOML spec (see the module docstring); ``release`` overrides the file's."""
     with path.open("rb") as f:
