@@ -32,7 +32,7 @@ from klpd.model import (
     KernelState,
     OverallState,
 )
-from klpd.modprobe import Failure, modprobe, rmmod
+from klpd.modprobe import Failure, ModprobeResult, modprobe, rmmod
 from klpd.planner import Selection, plan, select_desired
 from klpd.report import build_snapshot, overall_state
 from klpd.status import (
@@ -388,21 +388,33 @@ class Orchestrator:
         )
         self._emit(Event(EventKind.PATCH_FAILED, action.patch, action.module, message))
 
-    async def _load(self, action: Action) -> None:
+    async def _kmod(self, action: Action, retry_on: Failure) -> ModprobeResult | None:
+        """modprobe (LOAD) or rmmod (UNLOAD) ``action.module``, retrying ``retry_on`` with
+        backoff; None (and the failure recorded) when it did not work."""
         retry = self._config.retry
+        load = action.kind is ActionKind.LOAD
+        tool, cmd = (
+            (modprobe, self._config.kernel.modprobe) if load else (rmmod, self._config.kernel.rmmod)
+        )
         for attempt in range(1, retry.ebusy_attempts + 1):
             self.counters.modprobe_calls += 1
-            res = await modprobe(
-                self._config.kernel.modprobe, action.module, timeout=retry.modprobe_timeout
-            )
+            res = await tool(cmd, action.module, timeout=retry.modprobe_timeout)
             if res.ok:
-                break
-            if res.failure is Failure.BUSY and attempt < retry.ebusy_attempts:
-                log.info("%s: EBUSY, retry %d in %.2fs", action, attempt, retry.backoff(attempt))
-                await self._wait_quiet()
-                await asyncio.sleep(retry.backoff(attempt))
+                return res
+            if res.failure is retry_on and attempt < retry.ebusy_attempts:
+                delay = retry.backoff(attempt)
+                log.info("%s: %s, retry %d in %.2fs", action, res.failure, attempt, delay)
+                if load:
+                    await self._wait_quiet()
+                await asyncio.sleep(delay)
                 continue
             self._fail(action, res.describe())
+            return None
+        return None
+
+    async def _load(self, action: Action) -> None:
+        # EBUSY: another transition (ours from a past life, or another tool's) is running.
+        if await self._kmod(action, Failure.BUSY) is None:
             return
         self._rt.failures.pop(action.module, None)
         lp = kstate.read_livepatch(self._sysfs, action.module)
@@ -451,20 +463,9 @@ class Orchestrator:
             self._rt.applied_seen.discard(action.module)
 
     async def _unload(self, action: Action) -> None:
-        retry = self._config.retry
-        for attempt in range(1, retry.ebusy_attempts + 1):
-            self.counters.modprobe_calls += 1
-            res = await rmmod(
-                self._config.kernel.rmmod, action.module, timeout=retry.modprobe_timeout
-            )
-            if res.ok:
-                self._emit(Event(EventKind.PATCH_RETIRED, action.patch, action.module))
-                return
-            if res.failure is Failure.IN_USE and attempt < retry.ebusy_attempts:
-                await asyncio.sleep(retry.backoff(attempt))
-                continue
-            self._fail(action, res.describe())
-            return
+        # "in use": the reference of a disabled patch is dropped by a kernel work item.
+        if await self._kmod(action, Failure.IN_USE) is not None:
+            self._emit(Event(EventKind.PATCH_RETIRED, action.patch, action.module))
 
     # --- transitions --------------------------------------------------------------------------
 
