@@ -632,3 +632,10 @@ def _shows_one_of(
     sim: SimKernel, wanted: list[tuple[dict[str, Any], dict[str, Any]]]
 ) -> Callable[[], bool]:
     return lambda: _sim_state(sim) in wanted
+
+
+def test_cli_builtin_names_match_the_specs() -> None:
+    from klpd.sim.cli import BUILTIN_NAMES
+    from klpd.sim.spec import BUILTIN_SPECS
+
+    assert sorted(BUILTIN_NAMES) == sorted(BUILTIN_SPECS)

@@ -13,7 +13,6 @@ klpd-sim --root DIR stop
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import socket
@@ -22,7 +21,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from klpd.sim.spec import BUILTIN_SPECS, DEFAULT_RELEASE, init_root, load_spec
+# Clients (modprobe, rmmod) start often: they import neither asyncio nor the spec code.
+BUILTIN_NAMES = ["demo", "realkernel"]  # klpd.sim.spec.BUILTIN_SPECS
 
 
 class Verb(StrEnum):
@@ -43,11 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="log at debug level")
     sub = p.add_subparsers(dest="verb", required=True)
     init = sub.add_parser(Verb.INIT, help="create the directory layout and module files")
-    init.add_argument("--release", default=None, help=f"kernel release ({DEFAULT_RELEASE})")
+    init.add_argument("--release", default=None, help="kernel release (6.1.0-sim)")
     init.add_argument("--spec", type=Path, default=None, help="a TOML spec file")
     init.add_argument(
         "--builtin",
-        choices=sorted(BUILTIN_SPECS),
+        choices=BUILTIN_NAMES,
         default="demo",
         help="built-in module set when there is no --spec (default: demo)",
     )
@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     root: Path = args.root
     verb = Verb(args.verb)
     if verb is Verb.INIT:
+        from klpd.sim.spec import BUILTIN_SPECS, DEFAULT_RELEASE, init_root, load_spec
+
         spec = (
             load_spec(args.spec, args.release)
             if args.spec
@@ -194,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         init_root(root, spec)
         return 0
     if verb is Verb.RUN:
+        import asyncio
+
         from klpd.sim.server import SimServer
 
         server = SimServer(
