@@ -135,6 +135,8 @@ class Kernel:
         err = self._klp_module_coming(mod) or self._run_init(mod, mf)
         if err:
             self._free_module(mod)
+            if self.version < (5, 11):
+                self._uevent("remove", mod.name)  # its add went out before the init
             log.info("%s: init failed: %s", mod.name, errno.errorcode.get(err, err))
             return err
         mod.initstate = "live"

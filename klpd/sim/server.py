@@ -163,9 +163,9 @@ class SimServer:
             try:
                 req = json.loads(line)
                 res = self._dispatch(req) if isinstance(req, dict) else ToolResult(2)
-            except (ValueError, OSError) as e:
-                log.exception("request failed")
-                res = ToolResult(2, stderr=f"klpd-sim: {e}\n")
+            except Exception as e:  # a bug in the sim: answer, log it, keep running
+                log.exception("request %r failed", line)
+                res = ToolResult(2, stderr=f"klpd-sim: internal error: {e!r}\n")
             writer.write(
                 json.dumps({"rc": res.rc, "stdout": res.stdout, "stderr": res.stderr}).encode()
                 + b"\n"
