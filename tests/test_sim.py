@@ -639,3 +639,11 @@ def test_cli_builtin_names_match_the_specs() -> None:
     from klpd.sim.spec import BUILTIN_SPECS
 
     assert sorted(BUILTIN_NAMES) == sorted(BUILTIN_SPECS)
+
+
+def test_modules_installed_while_running_are_found(sim: SimKernel) -> None:
+    sim.install("lpc__xfs", {"livepatch": "Y", "klpd_sim_funcs": "xfs_file_open"}, "xz")
+    sim.modprobe("xfs")
+    sim.modprobe("lpc__xfs")
+    assert sim.read(f"{LP}/lpc__xfs/xfs/patched") == "1"
+    assert (sim.root / LP / "lpc__xfs/xfs/xfs_file_open,1").is_dir()

@@ -214,6 +214,18 @@ class SimKernel:
         data: dict[str, Any] = json.loads(self._call({"cmd": "status"}, True)["stdout"])
         return data
 
+    def install(self, name: str, modinfo: dict[str, str], compression: str = "none") -> Path:
+        """Add a module file to the catalog directory (the sim finds it at the next
+        modprobe); e.g. ``install("lpc__ext4", {"livepatch": "Y"})``."""
+        from klpd.sim.kofile import write_ko
+        from klpd.sim.spec import vermagic
+
+        suffix = {"none": ".ko", "xz": ".ko.xz", "gz": ".ko.gz", "zst": ".ko.zst"}[compression]
+        path = self.module_dir / "extra" / f"{name}{suffix}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_ko(path, {"vermagic": vermagic(self.release), "depends": "", **modinfo}, compression)
+        return path
+
     # --- reading what klpd reads ----------------------------------------------------------
 
     def read(self, relpath: str) -> str | None:
