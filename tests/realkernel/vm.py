@@ -24,6 +24,7 @@ import os
 import re
 import selectors
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -531,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=1200.0)
     ap.add_argument("--quiet", action="store_true", help="do not echo the guest console")
     args = ap.parse_args(argv)
+    # SIGTERM ends the run like ^C: run_guest's finally kills qemu.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     scenarios = args.scenario or [SCENARIO_DIR / "kernel_facts.sh"]
     try:
         run = (

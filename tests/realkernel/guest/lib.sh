@@ -154,3 +154,19 @@ wait_stack() {
 	done
 	cat "/proc/$1/stack"
 }
+
+# reset_livepatches: disable every livepatch, wait, remove the test modules; what cannot
+# be removed (a module whose unpatching was forced) stays and is printed.
+reset_livepatches() {
+	for f in /sys/kernel/livepatch/*/enabled; do
+		[ -e "$f" ] && /bin/echo 0 >"$f" 2>/dev/null
+		wait_transitions 60 >/dev/null
+	done
+	while read -r m_name _; do
+		case $m_name in
+		*__*) rmmod "$m_name" 2>/dev/null || echo "stays: $m_name" ;;
+		esac
+	done </proc/modules
+	rmmod klpd_target 2>/dev/null
+	return 0
+}

@@ -18,3 +18,5 @@ MODULE_DESCRIPTION("klpd test livepatch lprep v1 for vmlinux: cmdline_proc_show 
 MODULE_INFO(klpd_series, "lprep");
 MODULE_INFO(klpd_version, "1");
 MODULE_INFO(klpd_cve, "CVE-2026-0004");
+/* How klpd recognises a replace module before loading it (klpd/catalog.py). */
+MODULE_INFO(klpd_replace, "Y");
