@@ -66,6 +66,7 @@ class _Runtime:
     refused: set[str] = field(default_factory=set)
     applied_seen: set[str] = field(default_factory=set)
     disabling: set[str] = field(default_factory=set)
+    incompatible: set[str] = field(default_factory=set)  # vermagic: never tried
 
 
 class Orchestrator:
@@ -203,12 +204,13 @@ class Orchestrator:
             log.warning("catalog: %s: %s", problem.path, problem.message)
         # A module built for another kernel would fail with "Exec format error": say so
         # up front and never try it.
+        self._rt.incompatible.clear()
         for pm in self._catalog.by_module().values():
             if not vermagic_matches(pm, self._release):
                 built = pm.vermagic.split()[0] if pm.vermagic else "no vermagic"
                 message = f"built for {built}, the running kernel is {self._release}"
                 self._rt.failures[pm.module] = message
-                self._rt.avoid.add(pm.module)
+                self._rt.incompatible.add(pm.module)
                 log.warning("%s: %s", pm.module, message, extra={"MODULE": pm.module})
         self._reselect()
         return self._catalog
@@ -281,13 +283,15 @@ class Orchestrator:
             state,
             self._selection.desired,
             self._config.policy.on_object_removed,
-            frozenset(self._rt.avoid),
+            frozenset(self._rt.avoid | self._rt.incompatible),
             frozenset(self._rt.refused),
         )
 
     async def reconcile(self) -> None:
         """Plan and act, one action at a time, until the plan is empty."""
         self.counters.reconciles += 1
+        cfg = self._config.transition
+        settle_polls = int(cfg.revert_timeout / cfg.poll_interval)
         while not self._stopping:
             state = self.read_state()
             self._notice_wiped(state)
@@ -298,11 +302,13 @@ class Orchestrator:
             actions = self.plan_now(state)
             self._state, self._pending = state, actions
             if not actions:
-                if self._objects_coming(state) or self._settling(state):
+                if settle_polls > 0 and (self._objects_coming(state) or self._settling(state)):
                     # Before 5.11 the add uevent precedes init: wait for "live". A patch
                     # whose disable finished is freed by a kernel work item a moment later;
-                    # no uevent says when, so poll while (and only while) one is pending.
-                    await asyncio.sleep(self._config.transition.poll_interval)
+                    # no uevent says when, so poll while (and only while) one is pending,
+                    # for at most transition.revert_timeout.
+                    settle_polls -= 1
+                    await asyncio.sleep(cfg.poll_interval)
                     continue
                 break
             self._publish()
