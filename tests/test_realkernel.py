@@ -24,6 +24,8 @@ pytestmark = [pytest.mark.realkernel, pytest.mark.timeout(1800)]
 HERE = Path(__file__).resolve().parent
 REALKERNEL = HERE / "realkernel"
 KERNEL_FACTS = REALKERNEL / "scenarios" / "kernel_facts.sh"
+KLPD_BASIC = REALKERNEL / "scenarios" / "klpd_basic.sh"
+KLPD_FAILURES = REALKERNEL / "scenarios" / "klpd_failures.sh"
 
 
 def _load_vm() -> ModuleType:
@@ -46,7 +48,7 @@ def trace(tmp_path_factory: pytest.TempPathFactory) -> Trace:
     keep = os.environ.get("KLPD_REALKERNEL_RESULTS")
     results = Path(keep) if keep else tmp_path_factory.mktemp("realkernel")
     build = vm.build_modules()  # HarnessError (an error, not a skip) when tools are missing
-    run = vm.run_guest([KERNEL_FACTS], build=build, results_dir=results, timeout=1500)
+    run = vm.run_guest([KERNEL_FACTS, KLPD_BASIC], build=build, results_dir=results, timeout=1500)
     result: Trace = vm.read_trace(run)
     return result
 
@@ -54,6 +56,20 @@ def trace(tmp_path_factory: pytest.TempPathFactory) -> Trace:
 @pytest.fixture(scope="session")
 def facts(trace: Trace) -> dict[str, Step]:
     scenario = trace["scenarios"]["kernel_facts"]
+    assert scenario["rc"] == 0, scenario["log"]
+    return {s["name"]: s for s in scenario["steps"]}
+
+
+@pytest.fixture(scope="session")
+def klpd_steps(trace: Trace) -> dict[str, Step]:
+    scenario = trace["scenarios"]["klpd_basic"]
+    assert scenario["rc"] == 0, scenario["log"]
+    return {s["name"]: s for s in scenario["steps"]}
+
+
+@pytest.fixture(scope="session")
+def klpd_failure_steps(trace: Trace) -> dict[str, Step]:
+    scenario = trace["scenarios"]["klpd_failures"]
     assert scenario["rc"] == 0, scenario["log"]
     return {s["name"]: s for s in scenario["steps"]}
 
@@ -294,3 +310,44 @@ def test_transitions_take_about_a_second(trace: Trace) -> None:
     plain = [t for t in trace["transitions"] if t["patch"] != "lpstall__klpd_target"]
     assert len(plain) >= 15
     assert all(t["seconds"] < 5 for t in plain), plain
+
+
+# ---- klpd itself in the guest (system bus, udevd, klpd from the work tree's venv) ------------
+
+
+def test_klpd_startup_applies_newest_of_each_series(klpd_steps: dict[str, Step]) -> None:
+    step = klpd_steps["klpd.startup"]
+    assert step["rc"] == 0, out(step)
+    # lpa v1 is superseded by lpa_v2 (series lpa); lprep declares klpd_replace and is refused;
+    # lpbad and lpstall are excluded by the configuration.
+    assert patches(klpd_steps["klpd.startup.settle"]) == {"lpa_v2__vmlinux", "lpb__vmlinux"}
+
+
+def test_klpd_loads_patch_on_target_add(klpd_steps: dict[str, Step]) -> None:
+    assert klpd_steps["target.patched"]["rc"] == 0, out(klpd_steps["target.patched"])
+    log = dmesg(klpd_steps["target.load"]) + "\n" + dmesg(klpd_steps["target.patched"])
+    assert log.index("klpd_target: init") < log.index("enabling patch 'lpa_v2__klpd_target'")
+    assert klpd_steps["target.value"]["stdout"] in ("lpa_v2\n", "lpb\n")
+
+
+def test_klpd_keep_policy_closes_the_window(klpd_steps: dict[str, Step]) -> None:
+    after_rmmod = klpd_steps["target.rmmod.settle"]
+    assert {"lpa_v2__klpd_target", "lpb__klpd_target"} <= set(after_rmmod["modules"])
+    log = dmesg(klpd_steps["target.reload"])
+    applied = log.index("applying patch 'lpa_v2__klpd_target' to loading module 'klpd_target'")
+    assert applied < log.index("klpd_target: init")
+    assert klpd_steps["target.reload.value"]["stdout"] != "original\n"
+
+
+def test_klpctl_in_guest(klpd_steps: dict[str, Step]) -> None:
+    import json
+
+    status = klpd_steps["status"]
+    assert status["rc"] == 0, out(status)  # 0: converged
+    assert json.loads(status["stdout"])["kernel_release"]
+    assert klpd_steps["wait"]["rc"] == 0
+
+
+def test_klpd_stop_leaves_patches(klpd_steps: dict[str, Step]) -> None:
+    assert "klpd exit 0" in klpd_steps["stop"]["stdout"]
+    assert {"lpa_v2__klpd_target", "lpb__klpd_target"} <= patches(klpd_steps["after_stop.value"])

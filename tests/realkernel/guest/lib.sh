@@ -136,20 +136,20 @@ sleepers() {
 
 # wait_sleepers N: wait until N tasks sleep in klpd_target_sleep().
 wait_sleepers() {
-	i=0
+	klpd_wait_sleepers_i=0
 	while [ "$(cat /proc/klpd_target_sleep 2>/dev/null)" != "$1" ]; do
-		i=$((i + 1))
-		[ $i -gt 500 ] && return 1
+		klpd_wait_sleepers_i=$((klpd_wait_sleepers_i + 1))
+		[ $klpd_wait_sleepers_i -gt 500 ] && return 1
 		sleep 0.01
 	done
 }
 
 # wait_stack PID FUNCTION: wait until FUNCTION is on PID's kernel stack.
 wait_stack() {
-	i=0
+	klpd_wait_stack_i=0
 	until grep -q "$2" "/proc/$1/stack" 2>/dev/null; do
-		i=$((i + 1))
-		[ $i -gt 100 ] && return 1
+		klpd_wait_stack_i=$((klpd_wait_stack_i + 1))
+		[ $klpd_wait_stack_i -gt 100 ] && return 1
 		sleep 0.05
 	done
 	cat "/proc/$1/stack"
@@ -169,4 +169,24 @@ reset_livepatches() {
 	done </proc/modules
 	rmmod klpd_target 2>/dev/null
 	return 0
+}
+
+# wait_stall_seen TIMEOUT_S: until lpstall__klpd_target is in transition.
+wait_stall_seen() {
+	klpd_wait_stall_seen_i=0
+	until [ "$(cat /sys/kernel/livepatch/lpstall__klpd_target/transition 2>/dev/null)" = 1 ]; do
+		klpd_wait_stall_seen_i=$((klpd_wait_stall_seen_i + 1))
+		[ $((klpd_wait_stall_seen_i / 10)) -gt "$1" ] && return 1
+		sleep 0.1
+	done
+}
+
+# wait_reverted TIMEOUT_S: until lpstall__klpd_target has left sysfs (reverted + freed).
+wait_reverted() {
+	klpd_wait_reverted_i=0
+	while [ -e /sys/kernel/livepatch/lpstall__klpd_target ]; do
+		klpd_wait_reverted_i=$((klpd_wait_reverted_i + 1))
+		[ $((klpd_wait_reverted_i / 10)) -gt "$1" ] && return 1
+		sleep 0.1
+	done
 }

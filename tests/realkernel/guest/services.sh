@@ -3,6 +3,7 @@
 
 # start_dbus: the system bus, with klpd's bus policy installed.
 start_dbus() {
+	[ -S /run/dbus/system_bus_socket ] && return 0 # started by an earlier scenario
 	cp "$KLPD_REPO"/etc/dbus-1/system.d/*.conf /etc/dbus-1/system.d/
 	mkdir -p /run/dbus
 	dbus-daemon --system --fork --nopidfile
@@ -11,6 +12,7 @@ start_dbus() {
 # start_udevd: systemd-udevd re-broadcasts kernel uevents to the "udev" netlink group
 # that klpd (pyudev) listens on.
 start_udevd() {
+	udevadm control --ping 2>/dev/null && return 0 # started by an earlier scenario
 	/lib/systemd/systemd-udevd --daemon
 	udevadm settle -t 30
 }
@@ -51,7 +53,7 @@ wait_patches() {
 	limit=$1
 	shift
 	read -r w0 _ </proc/uptime
-	i=0
+	klpd_wait_patches_i=0
 	while :; do
 		ok=1
 		for p in "$@"; do
@@ -63,8 +65,8 @@ wait_patches() {
 			echo "ready after $w0 -> $w1"
 			return 0
 		fi
-		i=$((i + 1))
-		[ $((i / 20)) -gt "$limit" ] && { echo "timeout"; return 1; }
+		klpd_wait_patches_i=$((klpd_wait_patches_i + 1))
+		[ $((klpd_wait_patches_i / 20)) -gt "$limit" ] && { echo "timeout"; return 1; }
 		sleep 0.05
 	done
 }
@@ -73,15 +75,15 @@ wait_patches() {
 wait_gone() {
 	limit=$1
 	shift
-	i=0
+	klpd_wait_gone_i=0
 	while :; do
 		left=""
 		for m in "$@"; do
 			grep -q "^$m " /proc/modules && left="$left $m"
 		done
 		[ -z "$left" ] && return 0
-		i=$((i + 1))
-		[ $((i / 20)) -gt "$limit" ] && { echo "still loaded:$left"; return 1; }
+		klpd_wait_gone_i=$((klpd_wait_gone_i + 1))
+		[ $((klpd_wait_gone_i / 20)) -gt "$limit" ] && { echo "still loaded:$left"; return 1; }
 		sleep 0.05
 	done
 }
