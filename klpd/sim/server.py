@@ -109,12 +109,15 @@ class SimServer:
                 text = path.read_text()
             except OSError:
                 continue
+            # The file holds what the writer wrote: the next sync shows the kernel's value
+            # again, together with what the write changed (and before `transition`, so a
+            # writer who saw the transition start can write again without being
+            # overwritten by a late restore).
+            self.tree.invalidate(f"{LIVEPATCH_DIR}/{patch}", event.name)
             if event.name == "enabled":
                 err = self.kernel.write_enabled(patch, text)
             else:
                 err = self.kernel.write_force(patch, text)
-            # The file holds what the writer wrote; show the kernel's value again.
-            self.tree.invalidate(f"{LIVEPATCH_DIR}/{patch}", event.name)
             self._sync()
             # Logged once the tree shows the outcome (tests wait for this line).
             log.info(
