@@ -20,8 +20,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import inotify_simple  # type: ignore[import-untyped,unused-ignore]
-
+from klpd.sim.inotify import IN_CLOSE_WRITE, INotify
 from klpd.sim.kernel import Kernel
 from klpd.sim.kmod import ToolResult, modprobe, rmmod
 from klpd.sim.render import render, snapshot
@@ -54,7 +53,7 @@ class SimServer:
         self.retry_s = retry_s
         self.uevents = uevents
         self.tree = TreeWriter(self.root)
-        self.inotify: Any = inotify_simple.INotify()
+        self.inotify = INotify()
         self._watches: dict[int, str] = {}  # wd -> livepatch name
         self._wd_of: dict[str, int] = {}
         self.kernel: Kernel | None = None
@@ -84,7 +83,7 @@ class SimServer:
         if not unit.startswith(prefix):
             return
         patch = unit[len(prefix) :]
-        wd = self.inotify.add_watch(str(staged), inotify_simple.flags.CLOSE_WRITE)
+        wd = self.inotify.add_watch(str(staged), IN_CLOSE_WRITE)
         self._watches[wd] = patch
         self._wd_of[patch] = wd
 
@@ -100,7 +99,7 @@ class SimServer:
 
     def _on_inotify(self) -> None:
         assert self.kernel is not None
-        for event in self.inotify.read(timeout=0):
+        for event in self.inotify.read():
             patch = self._watches.get(event.wd)
             if patch is None or event.name not in _WATCHED_ATTRS:
                 continue
