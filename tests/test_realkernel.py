@@ -48,7 +48,8 @@ def trace(tmp_path_factory: pytest.TempPathFactory) -> Trace:
     keep = os.environ.get("KLPD_REALKERNEL_RESULTS")
     results = Path(keep) if keep else tmp_path_factory.mktemp("realkernel")
     build = vm.build_modules()  # HarnessError (an error, not a skip) when tools are missing
-    run = vm.run_guest([KERNEL_FACTS, KLPD_BASIC], build=build, results_dir=results, timeout=1500)
+    scenarios = [KERNEL_FACTS, KLPD_BASIC, KLPD_FAILURES]
+    run = vm.run_guest(scenarios, build=build, results_dir=results, timeout=1500)
     result: Trace = vm.read_trace(run)
     return result
 
@@ -351,3 +352,26 @@ def test_klpctl_in_guest(klpd_steps: dict[str, Step]) -> None:
 def test_klpd_stop_leaves_patches(klpd_steps: dict[str, Step]) -> None:
     assert "klpd exit 0" in klpd_steps["stop"]["stdout"]
     assert {"lpa_v2__klpd_target", "lpb__klpd_target"} <= patches(klpd_steps["after_stop.value"])
+
+
+def test_klpd_reports_broken_module(klpd_failure_steps: dict[str, Step]) -> None:
+    text = klpd_failure_steps["status.exit"]["stdout"]
+    assert "lpbad__klpd_target" in text
+    assert "modprobe: ERROR: could not insert 'lpbad__klpd_target': Invalid argument" in text
+    assert "lpbad__vmlinux" in patches(klpd_failure_steps["klpd.mains"])
+
+
+def test_klpd_shows_blocking_task_and_reverts_stall(klpd_failure_steps: dict[str, Step]) -> None:
+    assert klpd_failure_steps["klpd.stall.seen"]["rc"] == 0
+    blocking = klpd_failure_steps["klpd.blocking"]["stdout"]
+    assert "patch_state=0" in blocking and "klpd_target_sleep" in blocking
+    reverted = klpd_failure_steps["klpd.reverted"]
+    assert reverted["rc"] == 0
+    assert "'lpstall__klpd_target': starting unpatching transition" in dmesg(reverted)
+    assert "lpstall__klpd_target" not in klpd_failure_steps["klpd.settle"]["modules"]
+
+
+def test_klpd_degraded_exit_code(klpd_failure_steps: dict[str, Step]) -> None:
+    assert klpd_failure_steps["status.exit"]["rc"] == 2  # degraded
+    assert "stalled" in klpd_failure_steps["status.exit"]["stdout"]
+    assert "klpd exit 0" in klpd_failure_steps["stop"]["stdout"]
