@@ -48,7 +48,8 @@ def trace(tmp_path_factory: pytest.TempPathFactory) -> Trace:
     keep = os.environ.get("KLPD_REALKERNEL_RESULTS")
     results = Path(keep) if keep else tmp_path_factory.mktemp("realkernel")
     build = vm.build_modules()  # HarnessError (an error, not a skip) when tools are missing
-    scenarios = [KERNEL_FACTS, KLPD_BASIC, KLPD_FAILURES]
+    # kernel_facts last: its forced unpatching leaves lpstall__klpd_target unremovable.
+    scenarios = [KLPD_BASIC, KLPD_FAILURES, KERNEL_FACTS]
     run = vm.run_guest(scenarios, build=build, results_dir=results, timeout=1500)
     result: Trace = vm.read_trace(run)
     return result

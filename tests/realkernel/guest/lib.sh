@@ -162,11 +162,16 @@ reset_livepatches() {
 		[ -e "$f" ] && /bin/echo 0 >"$f" 2>/dev/null
 		wait_transitions 60 >/dev/null
 	done
-	while read -r m_name _; do
-		case $m_name in
-		*__*) rmmod "$m_name" 2>/dev/null || echo "stays: $m_name" ;;
-		esac
-	done </proc/modules
+	# The list first: reading /proc/modules while rmmod changes it skips entries.
+	for m in $(grep -o '^[a-z0-9_]*__[a-z0-9_]*' /proc/modules); do
+		# transition 0 comes before the patch's module reference is dropped (async
+		# free): retry briefly.
+		for _ in 1 2 3 4 5 6 7 8 9 10; do
+			rmmod "$m" 2>/dev/null && break
+			sleep 0.2
+		done
+		grep -q "^$m " /proc/modules && echo "stays: $m"
+	done
 	rmmod klpd_target 2>/dev/null
 	return 0
 }

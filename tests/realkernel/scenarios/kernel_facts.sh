@@ -9,6 +9,8 @@ read_value() { cat /proc/klpd_target; }
 read_cmdline() { cat /proc/cmdline; }
 attrs() { find /sys/kernel/livepatch -mindepth 1 -maxdepth 3 | sort; }
 
+# Earlier scenarios of the same boot may have left patches behind.
+step baseline.reset reset_livepatches
 step baseline.modinfo modinfo lpa_v2__klpd_target
 step baseline.modinfo_depends modinfo -F depends lpa__klpd_target
 step baseline.cmdline read_cmdline
