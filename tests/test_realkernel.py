@@ -376,3 +376,33 @@ def test_klpd_degraded_exit_code(klpd_failure_steps: dict[str, Step]) -> None:
     assert klpd_failure_steps["status.exit"]["rc"] == 2  # degraded
     assert "stalled" in klpd_failure_steps["status.exit"]["stdout"]
     assert "klpd exit 0" in klpd_failure_steps["stop"]["stdout"]
+
+
+# ---- uevents and names ----------------------------------------------------------------------
+
+
+def test_add_uevent_comes_after_init(facts: dict[str, Step]) -> None:
+    """klpd_target's init sleeps 1 s; the add uevent still finds initstate live (5.11+)."""
+    step = facts["uevent.initstate"]
+    assert step["rc"] == 0
+    assert step["stdout"].strip() == "initstate at add uevent: live"
+
+
+def test_livepatch_sysfs_emits_no_uevents(facts: dict[str, Step]) -> None:
+    assert facts["uevent.patch_load"]["stdout"].split() == [
+        "add",
+        "/module/lpb__vmlinux",
+        "(module)",
+    ]
+    assert facts["uevent.patch_disable"]["stdout"].strip() == ""
+    assert facts["uevent.patch_rmmod"]["stdout"].split() == [
+        "remove",
+        "/module/lpb__vmlinux",
+        "(module)",
+    ]
+
+
+def test_dashes_and_underscores_are_one_name(facts: dict[str, Step]) -> None:
+    assert facts["names.dashes"]["rc"] == 0
+    assert "lpb__vmlinux" in patches(facts["names.dashes"])
+    assert facts["names.dashes.rmmod"]["rc"] == 0

@@ -195,3 +195,44 @@ wait_reverted() {
 		sleep 0.1
 	done
 }
+
+# uevents_during CMD...: the kernel uevents (all subsystems) seen while CMD runs and for
+# one second after it.
+uevents_during() {
+	udevadm monitor --kernel >/run/uevents.log 2>&1 &
+	klpd_ud_pid=$!
+	sleep 1
+	"$@"
+	klpd_ud_rc=$?
+	sleep 1
+	kill "$klpd_ud_pid"
+	wait "$klpd_ud_pid" 2>/dev/null
+	grep '^KERNEL\[' /run/uevents.log | sed 's/^KERNEL\[[0-9.]*\] *//'
+	return $klpd_ud_rc
+}
+
+# initstate_at_add MODULE [PARAM=VALUE...]: modprobe MODULE and read
+# /sys/module/MODULE/initstate when its add uevent arrives.
+initstate_at_add() {
+	klpd_ia_m=$1
+	shift
+	rm -f /run/ia.fifo
+	mkfifo /run/ia.fifo
+	udevadm monitor --kernel --subsystem-match=module >/run/ia.fifo &
+	klpd_ia_mon=$!
+	(
+		while read -r _ action devpath _; do
+			if [ "$action $devpath" = "add /module/$klpd_ia_m" ]; then
+				read -r st <"/sys/module/$klpd_ia_m/initstate"
+				echo "initstate at add uevent: $st"
+				break
+			fi
+		done <>/run/ia.fifo
+	) &
+	klpd_ia_reader=$!
+	sleep 1
+	modprobe "$klpd_ia_m" "$@"
+	wait "$klpd_ia_reader"
+	kill "$klpd_ia_mon"
+	wait "$klpd_ia_mon" 2>/dev/null
+}

@@ -19,12 +19,17 @@
  * -flive-patching=inline-clone so gcc does not clone them either.
  */
 #include <linux/atomic.h>
+#include <linux/delay.h>
 #include <linux/module.h>
 #include <linux/proc_fs.h>
 #include <linux/seq_file.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
 #include <linux/wait.h>
+
+static unsigned int init_delay_ms;
+module_param(init_delay_ms, uint, 0444);
+MODULE_PARM_DESC(init_delay_ms, "sleep this long in init (shows whether the add uevent waits for init)");
 
 static DECLARE_WAIT_QUEUE_HEAD(klpd_target_wq);
 static atomic_t klpd_target_wake_generation = ATOMIC_INIT(0);
@@ -116,6 +121,8 @@ static int __init klpd_target_init(void)
 {
 	/* Start of the unpatched window (bench/unpatched_window.py reads its timestamp). */
 	pr_info("klpd_target: init\n");
+	if (init_delay_ms)
+		msleep(init_delay_ms);
 	if (!proc_create("klpd_target", 0444, NULL, &klpd_target_value_ops))
 		return -ENOMEM;
 	if (!proc_create("klpd_target_sleep", 0666, NULL, &klpd_target_sleep_ops)) {

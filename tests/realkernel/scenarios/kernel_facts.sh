@@ -156,6 +156,21 @@ step rep.disable.wait wait_transitions 30
 step rep.rmmod rmmod lprep__vmlinux
 step rep.after.cmdline read_cmdline
 
+# --- uevents, names -----------------------------------------------------------------------
+step uevent.target.rmmod rmmod klpd_target
+# init sleeps 1 s: a uevent sent before init would find initstate "coming"
+step uevent.initstate initstate_at_add klpd_target init_delay_ms=1000
+step uevent.patch_load uevents_during modprobe lpb__vmlinux
+step uevent.patch_wait wait_transitions 30
+step uevent.patch_disable uevents_during sysfs_write 0 /sys/kernel/livepatch/lpb__vmlinux/enabled
+step uevent.patch_disable.wait wait_transitions 30
+step uevent.patch_rmmod uevents_during rmmod lpb__vmlinux
+step names.dashes modprobe lpb--vmlinux
+step names.dashes.wait wait_transitions 30
+step names.dashes.disable sysfs_write 0 /sys/kernel/livepatch/lpb__vmlinux/enabled
+step names.dashes.disable.wait wait_transitions 30
+step names.dashes.rmmod rmmod lpb-_vmlinux
+
 # --- force: ends a stalled transition, the module stays forever ---------------
 sh -c 'echo sleep > /proc/klpd_target_sleep' &
 sleeper=$!
