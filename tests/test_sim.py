@@ -559,11 +559,39 @@ def _normalise_trace_tree(tree: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _uevents_seen(monitor: Any, root: Path, expected: int) -> list[str]:
+    """This sim's uevents as ``udevadm monitor --kernel`` prints them (sans timestamp):
+    wait for ``expected`` of them, then a little longer for any extra."""
+    seen: list[str] = []
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        dev = monitor.poll(timeout=0.3 if len(seen) >= expected else 1)
+        if dev is None:
+            if len(seen) >= expected:
+                break
+            continue
+        if dev.properties.get("KLPD_SIM_ROOT") == str(root):
+            seen.append(f"{dev.action} {dev.properties['DEVPATH']} ({dev.subsystem})")
+    return seen
+
+
 def _replay_step(sim: SimKernel, step: dict[str, Any], stalled: list[str]) -> None:
     """Do to the sim what the step did to the real kernel, and compare the output."""
     name, argv = step["name"], step["cmd"].split()
     verb, args = argv[0], argv[1:]
-    if verb in ("modprobe", "rmmod", "modprobe_at_once"):
+    if verb == "uevents_during":
+        monitor = _monitor()
+        _replay_step(sim, {**step, "cmd": " ".join(args)}, stalled)
+        want = [" ".join(line.split()) for line in step["stdout"].splitlines()]
+        assert _uevents_seen(monitor, sim.root, len(want)) == want, name
+    elif verb == "initstate_at_add":
+        monitor = _monitor()
+        sim.run_cli("modprobe", "--", args[0])
+        events = _uevents_seen(monitor, sim.root, 1)
+        assert events[:1] == [f"add /module/{args[0]} (module)"], name
+        state = sim.read(f"sys/module/{args[0]}/initstate")
+        assert f"initstate at add uevent: {state}\n" == step["stdout"], name
+    elif verb in ("modprobe", "rmmod", "modprobe_at_once"):
         tool = "modprobe" if verb == "modprobe_at_once" else verb
         names = args if verb == "modprobe_at_once" else args[:1]  # no module parameters
         for module in names:
@@ -602,9 +630,7 @@ def test_replays_the_real_kernel_trace() -> None:
     steps = trace["scenarios"]["kernel_facts"]["steps"]
     # long enough that a snapshot right after a step still sees its transition running;
     # fake signals well before wait_transitions' own limit, as the kernel's 15 s
-    with SimKernel(
-        spec=realkernel_spec(), transition_ms=600, fake_signal_ms=1500, uevents=False
-    ) as sim:
+    with SimKernel(spec=realkernel_spec(), transition_ms=600, fake_signal_ms=1500) as sim:
         stalled: list[str] = []
         for i, step in enumerate(steps):
             _replay_step(sim, step, stalled)
