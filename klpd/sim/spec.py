@@ -137,9 +137,17 @@ def realkernel_spec(release: str = DEFAULT_RELEASE) -> Spec:
         "lpa_v2__vmlinux": lp("vmlinux", "lpa", 2, "CVE-2026-0001 CVE-2026-0003", _VMLINUX_FUNCS),
         "lpa_v2__klpd_target": lp(target, "lpa", 2, "CVE-2026-0001 CVE-2026-0003", value),
         "lprep__vmlinux": lp(
-            "vmlinux", "lprep", 1, "CVE-2026-0004", _VMLINUX_FUNCS, klpd_sim_replace="Y"
+            "vmlinux",
+            "lprep",
+            1,
+            "CVE-2026-0004",
+            _VMLINUX_FUNCS,
+            klpd_replace="Y",
+            klpd_sim_replace="Y",
         ),
+        "lpstall__vmlinux": lp("vmlinux", "lpstall", 1, "CVE-2026-0005", _VMLINUX_FUNCS),
         "lpstall__klpd_target": lp(target, "lpstall", 1, "CVE-2026-0005", sleep),
+        "lpbad__vmlinux": lp("vmlinux", "lpbad", 1, "CVE-2026-0006", _VMLINUX_FUNCS),
         "lpbad__klpd_target": lp(
             target,
             "lpbad",
