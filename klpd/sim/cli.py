@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
-        format="klpd-sim: %(levelname)s %(message)s",
+        format="%(asctime)s.%(msecs)03d klpd-sim: %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
     )
     root: Path = args.root
     verb = Verb(args.verb)

@@ -170,6 +170,7 @@ class Kernel:
             return mf.init_errno
         if mf.livepatch:
             return self._klp_enable_patch(mod, mf)
+        log.info("%s: init", mod.name)  # the start of its unpatched window, if any
         return 0
 
     def _uevent(self, action: str, module: str) -> None:
