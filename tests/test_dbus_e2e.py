@@ -75,20 +75,24 @@ def test_busctl_introspects_and_reads_properties(bus, served) -> None:  # type: 
 
 
 def test_signals_follow_a_module_load(sim, bus, served) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
     mon = subprocess.Popen(
-        [KLPCTL, "--bus", bus.address, "monitor"], stdout=subprocess.PIPE, text=True
+        [KLPCTL, "--bus", bus.address, "monitor"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    lines: list[str] = []
     try:
-        # monitor is subscribed once it printed its first line
-        assert mon.stdout is not None
-        first = mon.stdout.readline()
-        assert first
+        assert mon.stdout is not None and mon.stderr is not None
+        # "following …" is printed once its match rules are in place: subscribed.
+        assert "following io.github.Klpd1" in mon.stderr.readline()
+        reader = threading.Thread(target=lambda: lines.extend(iter(mon.stdout.readline, "")))
+        reader.start()
         sim.modprobe("klpd_target")
-        lines = [first]
         wait_for(
-            lambda: lines.append(mon.stdout.readline()) or any(  # type: ignore[union-attr]
-                "PatchApplied" in x and "lpa__klpd_target" in x for x in lines
-            ),
+            lambda: any("PatchApplied" in x and "lpa__klpd_target" in x for x in list(lines)),
             60,
             "PatchApplied signal",
         )
@@ -96,7 +100,8 @@ def test_signals_follow_a_module_load(sim, bus, served) -> None:  # type: ignore
         mon.terminate()
         mon.wait()
     text = "".join(lines)
-    assert "TransitionStarted" in text and "lpa__klpd_target" in text
+    assert "TransitionStarted patch=lpa module=lpa__klpd_target" in text
+    assert text.index("TransitionStarted") < text.index("PatchApplied")
 
 
 def test_changes_need_root_or_polkit(sim, bus, served) -> None:  # type: ignore[no-untyped-def]

@@ -20,7 +20,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from klpd.sim.inotify import IN_CLOSE_WRITE, INotify
+from inotify_simple import INotify, flags
+
 from klpd.sim.kernel import Kernel
 from klpd.sim.kmod import ToolResult, modprobe, rmmod
 from klpd.sim.render import render, snapshot
@@ -53,7 +54,7 @@ class SimServer:
         self.retry_s = retry_s
         self.uevents = uevents
         self.tree = TreeWriter(self.root)
-        self.inotify = INotify()
+        self.inotify = INotify(nonblocking=True)
         self._watches: dict[int, str] = {}  # wd -> livepatch name
         self._wd_of: dict[str, int] = {}
         self.kernel: Kernel | None = None
@@ -83,7 +84,7 @@ class SimServer:
         if not unit.startswith(prefix):
             return
         patch = unit[len(prefix) :]
-        wd = self.inotify.add_watch(str(staged), IN_CLOSE_WRITE)
+        wd = self.inotify.add_watch(str(staged), flags.CLOSE_WRITE)
         self._watches[wd] = patch
         self._wd_of[patch] = wd
 
@@ -99,7 +100,7 @@ class SimServer:
 
     def _on_inotify(self) -> None:
         assert self.kernel is not None
-        for event in self.inotify.read():
+        for event in self.inotify.read(timeout=0):
             patch = self._watches.get(event.wd)
             if patch is None or event.name not in _WATCHED_ATTRS:
                 continue
