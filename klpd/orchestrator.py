@@ -67,6 +67,7 @@ class _Runtime:
     applied_seen: set[str] = field(default_factory=set)
     disabling: set[str] = field(default_factory=set)
     incompatible: set[str] = field(default_factory=set)  # vermagic: never tried
+    pinned: set[str] = field(default_factory=set)  # forced: loaded for good
 
 
 class Orchestrator:
@@ -158,7 +159,8 @@ class Orchestrator:
                 self._set_error(f"configuration reload failed, keeping the old one: {e}")
                 raise ControlError("failed", str(e)) from e
         self._rt.avoid.clear()
-        self._rt.failures.clear()
+        pinned = self._rt.pinned  # a forced module stays a fact until reboot
+        self._rt.failures = {k: v for k, v in self._rt.failures.items() if k in pinned}
         self.rescan()
         self.request_reconcile("reload")
 
@@ -302,14 +304,17 @@ class Orchestrator:
             actions = self.plan_now(state)
             self._state, self._pending = state, actions
             if not actions:
-                if settle_polls > 0 and (self._objects_coming(state) or self._settling(state)):
-                    # Before 5.11 the add uevent precedes init: wait for "live". A patch
-                    # whose disable finished is freed by a kernel work item a moment later;
-                    # no uevent says when, so poll while (and only while) one is pending,
-                    # for at most transition.revert_timeout.
-                    settle_polls -= 1
-                    await asyncio.sleep(cfg.poll_interval)
-                    continue
+                unsettled = self._unsettled(state)
+                if self._objects_coming(state) or unsettled:
+                    # Before 5.11 the add uevent precedes init: wait for "live". A disabled
+                    # patch is freed by a kernel work item a moment later; no uevent says
+                    # when, so poll while (and only while) one is pending, for at most
+                    # transition.revert_timeout.
+                    if settle_polls > 0:
+                        settle_polls -= 1
+                        await asyncio.sleep(cfg.poll_interval)
+                        continue
+                    self._pin(unsettled)
                 break
             self._publish()
             await self._execute(actions[0])
@@ -324,12 +329,35 @@ class Orchestrator:
         wanted = {o for n in self._selection.desired for o in self._catalog.patches[n].objects}
         return any(m.initstate == "coming" for name, m in state.modules.items() if name in wanted)
 
-    def _settling(self, state: KernelState) -> bool:
+    def _unsettled(self, state: KernelState) -> list[str]:
+        """Managed modules the kernel is still freeing after a disable: the sysfs directory
+        goes first, then the module reference (klp_free_patch_finish), both from a work
+        item. A module still referenced after that is pinned (a forced unpatching)."""
         managed = self._catalog.by_module()
-        return any(
-            not lp.enabled and not lp.transition and name in managed
+        out = [
+            name
             for name, lp in state.livepatches.items()
-        )
+            if not lp.enabled and not lp.transition and name in managed
+        ]
+        out += [
+            name
+            for name, m in state.modules.items()
+            if name in managed
+            and name not in state.livepatches
+            and name not in self._rt.pinned
+            and m.live
+            and (m.refcnt or 0) > 0
+        ]
+        return out
+
+    def _pin(self, modules: list[str]) -> None:
+        for name in modules:
+            if name in self._rt.pinned:
+                continue
+            self._rt.pinned.add(name)
+            message = "disabled but still referenced: forced, it can never be removed"
+            self._rt.failures[name] = message
+            log.error("%s: %s", name, message, extra={"MODULE": name})
 
     def _notice_wiped(self, state: KernelState) -> None:
         """A patch we saw applied vanished without us disabling it: replaced by someone's

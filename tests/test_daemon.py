@@ -329,3 +329,17 @@ def test_kernel_command_line_kill_switch(sim, make_klpd) -> None:  # type: ignor
     assert k.proc is not None and k.proc.wait(30) == 0
     assert "klpd.enable=0 on the kernel command line" in k.log()
     assert applied(sim) == set()
+
+
+def test_forced_unpatching_pins_the_module_and_is_reported(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+    sim.modprobe("ext4")
+    k = make_klpd({**LPA, **merge_transition("force")}).start()
+    k.wait_state("converged")
+    sim.stall("ext4", comm="sleepy-writer")  # now sleeping in the *patched* function
+    k.configure({"patches": {"desired": [], "exclude": ["lpa", "lpa_v2", "lpb", "lpbad"]}})
+    k.proc.send_signal(1)
+    k.wait_state("degraded", 60)
+    # the unpatching was forced: lpa__ext4 is gone from sysfs but can never be unloaded
+    assert "lpa__ext4" in loaded(sim) and not (sim.livepatch_dir / "lpa__ext4").exists()
+    assert "lpa__vmlinux" not in loaded(sim)
+    assert "lpa__ext4: disabled but still referenced: forced" in k.log()
