@@ -16,7 +16,9 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
+# A fresh tmpfs /tmp would hide the work tree (modules, .venv) when it lives under /tmp, as a
+# CI checkout may; the overlay over the host's root already makes /tmp writable.
+case "$KLPD_REPO" in /tmp/*) ;; *) mount -t tmpfs tmpfs /tmp ;; esac
 mount -t tmpfs tmpfs /dev/shm
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
