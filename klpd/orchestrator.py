@@ -65,6 +65,7 @@ class _Runtime:
     avoid: set[str] = field(default_factory=set)
     refused: set[str] = field(default_factory=set)
     applied_seen: set[str] = field(default_factory=set)
+    loaded_by_us: set[str] = field(default_factory=set)  # this process's own loads
     disabling: set[str] = field(default_factory=set)
     incompatible: set[str] = field(default_factory=set)  # vermagic: never tried
     pinned: set[str] = field(default_factory=set)  # forced: loaded for good
@@ -374,10 +375,12 @@ class Orchestrator:
             if lp.replace and name in managed and managed[name].patch not in self._rt.refused:
                 self._refuse_replace(managed[name].patch, f"sysfs shows {name} replace=1")
         if gone:
-            culprits = [n for n in now_applied - self._rt.applied_seen if n in state.livepatches]
+            # A replace patch wipes every patch enabled before it, so what is still enabled
+            # is the culprit — or was loaded after it, which only klpd itself would have done.
+            culprits = sorted(now_applied - self._rt.loaded_by_us)
             msg = (
                 f"livepatches {', '.join(sorted(gone))} were replaced by an atomic-replace "
-                f"patch ({', '.join(sorted(culprits)) or 'unknown'}); restoring them"
+                f"patch ({', '.join(culprits) or 'unknown'}); restoring them"
             )
             log.error(msg, extra={"ACTION": "replace-detected"})
             self._set_error(msg)
@@ -464,6 +467,7 @@ class Orchestrator:
             return
         if kstate.read_livepatch(self._sysfs, action.module) is not None:
             self._rt.applied_seen.add(action.module)
+            self._rt.loaded_by_us.add(action.module)
             self._emit(Event(EventKind.PATCH_APPLIED, action.patch, action.module))
 
     async def _disable(self, action: Action) -> None:
@@ -495,6 +499,7 @@ class Orchestrator:
         finally:
             self._rt.disabling.discard(action.module)
             self._rt.applied_seen.discard(action.module)
+            self._rt.loaded_by_us.discard(action.module)
 
     async def _unload(self, action: Action) -> None:
         # "in use": the reference of a disabled patch is dropped by a kernel work item.

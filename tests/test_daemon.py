@@ -343,3 +343,22 @@ def test_forced_unpatching_pins_the_module_and_is_reported(sim, make_klpd) -> No
     assert "lpa__ext4" in loaded(sim) and not (sim.livepatch_dir / "lpa__ext4").exists()
     assert "lpa__vmlinux" not in loaded(sim)
     assert "lpa__ext4: disabled but still referenced: forced" in k.log()
+
+
+def test_undeclared_replace_patch_is_named_refused_and_wiped_patches_restored(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+    # a vendor's cumulative replace module: nothing in its modinfo says "replace"
+    sim.install(
+        "lpvendor__vmlinux",
+        {"livepatch": "Y", "klpd_sim_object": "vmlinux", "klpd_sim_funcs": "cmdline_proc_show",
+         "klpd_sim_replace": "Y"},
+    )
+    sim.modprobe("ext4")
+    k = make_klpd({"patches": {"desired": ["lpa"]}}).start()
+    k.wait_state("converged")
+    sim.modprobe("lpvendor__vmlinux")  # behind klpd's back
+    wait_for(lambda: "refusing atomic-replace patch lpvendor" in k.log(), 60, "refusal")
+    wait_for(lambda: "lpvendor__vmlinux" not in loaded(sim), 60, "lpvendor removed")
+    k.wait_state("converged")  # restored: the patch shows "refused", last_error says why
+    assert applied(sim) == {"lpa__vmlinux", "lpa__ext4"}
+    assert "lpvendor__vmlinux" not in loaded(sim)
+    assert "were replaced by an atomic-replace patch (lpvendor__vmlinux)" in k.log()

@@ -557,11 +557,6 @@ def test_klpd_undoes_replace_patch_loaded_behind_its_back(more_steps: dict[str, 
     assert lprep["status"] == "refused" and not lprep["modules"][0]["loaded"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="klpd bug: the replace patch is first seen (enabled, in transition) before the "
-    "patches it wipes vanish, so _notice_wiped names no culprit: '(unknown)'",
-)
 def test_klpd_names_the_replace_patch(more_steps: dict[str, Step]) -> None:
     noticed = more_steps["rep.noticed"]["stdout"]
     assert "replaced by an atomic-replace patch (lprep__vmlinux)" in noticed

@@ -91,6 +91,10 @@ def demo_spec(release: str = DEFAULT_RELEASE) -> Spec:
         "lpb__ext4": lp("ext4", "lpb", 1, "CVE-2026-0002", "ext4_llseek"),
         "lpa_v2__vmlinux": lp("vmlinux", "lpa", 2, "CVE-2026-0001,CVE-2026-0003", _VMLINUX_FUNCS),
         "lpa_v2__ext4": lp("ext4", "lpa", 2, "CVE-2026-0001,CVE-2026-0003", _EXT4_FUNCS),
+        # cumulative: v2 covers every object v1 did
+        "lpa_v2__klpd_target": lp(
+            "klpd_target", "lpa", 2, "CVE-2026-0001,CVE-2026-0003", _TARGET_FUNCS
+        ),
         "lprep__vmlinux": lp(
             "vmlinux",
             "lprep",
