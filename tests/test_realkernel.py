@@ -53,33 +53,43 @@ def trace(tmp_path_factory: pytest.TempPathFactory) -> Trace:
     scenarios = [KLPD_BASIC, KLPD_FAILURES, KLPD_MORE, KERNEL_FACTS]
     run = vm.run_guest(scenarios, build=build, results_dir=results, timeout=1500)
     result: Trace = vm.read_trace(run)
+    result["console"] = run.console  # for the failure message of a scenario that left no steps
     return result
+
+
+def _scenario(trace: Trace, name: str) -> dict[str, Any]:
+    """A scenario's record; one that left no steps fails with what the guest printed."""
+    if name not in trace["scenarios"]:
+        console = trace.get("console", "")
+        raise AssertionError(f"scenario {name} recorded no steps; guest console:\n{console}")
+    scenario: dict[str, Any] = trace["scenarios"][name]
+    return scenario
 
 
 @pytest.fixture(scope="session")
 def facts(trace: Trace) -> dict[str, Step]:
-    scenario = trace["scenarios"]["kernel_facts"]
+    scenario = _scenario(trace, "kernel_facts")
     assert scenario["rc"] == 0, scenario["log"]
     return {s["name"]: s for s in scenario["steps"]}
 
 
 @pytest.fixture(scope="session")
 def klpd_steps(trace: Trace) -> dict[str, Step]:
-    scenario = trace["scenarios"]["klpd_basic"]
+    scenario = _scenario(trace, "klpd_basic")
     assert scenario["rc"] == 0, scenario["log"]
     return {s["name"]: s for s in scenario["steps"]}
 
 
 @pytest.fixture(scope="session")
 def klpd_failure_steps(trace: Trace) -> dict[str, Step]:
-    scenario = trace["scenarios"]["klpd_failures"]
+    scenario = _scenario(trace, "klpd_failures")
     assert scenario["rc"] == 0, scenario["log"]
     return {s["name"]: s for s in scenario["steps"]}
 
 
 @pytest.fixture(scope="session")
 def more_steps(trace: Trace) -> dict[str, Step]:
-    scenario = trace["scenarios"]["klpd_more"]
+    scenario = _scenario(trace, "klpd_more")
     assert scenario["rc"] == 0, scenario["log"]
     return {s["name"]: s for s in scenario["steps"]}
 
@@ -490,9 +500,10 @@ def test_klpd_converges_after_sigkill_mid_upgrade(more_steps: dict[str, Step]) -
     assert more_steps["kill.first_load"]["rc"] == 0, out(more_steps["kill.first_load"])
     assert "load lpa_v2__vmlinux" in more_steps["kill.first_load"]["stdout"]
     assert more_steps["kill.sigkill"]["stdout"].strip() == "klpd exit 137"
-    # killed mid-way: v1 still applied, v2 not complete
+    # killed mid-plan: v1 not retired yet (how much of v2 was loaded by then depends on how
+    # fast the guest's log poll saw the first load under TCG: one or both modules)
     at_kill = more_steps["kill.sigkill"]["livepatch"]
-    assert set(at_kill) >= V1 and not set(at_kill) >= V2, at_kill
+    assert set(at_kill) >= V1 and set(at_kill) & V2, at_kill
     for name in ("restart.applied", "restart.retired", "restart.wait"):
         assert more_steps[name]["rc"] == 0, (name, out(more_steps[name]))
     final = more_steps["restart.value"]
