@@ -20,8 +20,10 @@ lint: setup
 bench: setup
 	$(PY) bench/catalog_scan.py
 	$(PY) bench/event_latency.py
+	$(PY) bench/burst_converge.py
 	$(PY) bench/klpctl_status.py
 	$(PY) bench/dbus_describe.py
+	$(PY) bench/unpatched_window.py
 
 install: setup
 	./scripts/install.sh
