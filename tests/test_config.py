@@ -13,12 +13,11 @@ from klpd import config as config_mod
 from klpd.config import (
     Config,
     ConfigError,
-    config_docs,
     load_config,
     parse_config,
     reload_config,
-    render_default_toml,
 )
+from klpd.configdoc import config_docs, render_default_toml
 from klpd.model import RemovalPolicy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -326,7 +325,7 @@ def test_reload_keeps_old_config_on_error(tmp_path: Path) -> None:
 
 def test_shipped_config_is_generated() -> None:
     assert (REPO / "etc/klpd/klpd.toml").read_text() == render_default_toml(), (
-        "regenerate: python -c 'from klpd.config import render_default_toml as r; "
+        "regenerate: python -c 'from klpd.configdoc import render_default_toml as r; "
         'print(r(), end="")\' > etc/klpd/klpd.toml'
     )
 
@@ -348,7 +347,7 @@ def test_uncommented_shipped_config_is_the_defaults() -> None:
 
 def test_docs_are_generated() -> None:
     assert (REPO / "docs/config.md").read_text() == config_docs(), (
-        "regenerate: python -c 'from klpd.config import config_docs as d; "
+        "regenerate: python -c 'from klpd.configdoc import config_docs as d; "
         'print(d(), end="")\' > docs/config.md'
     )
     docs = config_docs()
