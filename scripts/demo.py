@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from klpd.sim.harness import SimKernel
@@ -41,6 +42,11 @@ def step(text: str) -> None:
 def sh(*argv: str, check: bool = True) -> int:
     print("$ " + " ".join(a if " " not in a else repr(a) for a in argv), flush=True)
     return subprocess.run(argv, check=check).returncode
+
+
+def drain(sock: socket.socket) -> None:
+    while sock.recv(4096):
+        pass
 
 
 def start_bus(work: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -108,7 +114,9 @@ target = "stderr"
         notify.settimeout(60)
         while b"READY=1" not in notify.recv(4096):
             pass
-        notify.close()
+        notify.settimeout(None)
+        # keep reading STATUS=/WATCHDOG=1 as the service manager would
+        threading.Thread(target=drain, args=(notify,), daemon=True).start()
         print("klpd is ready (sd_notify READY=1)")
         sh(str(BIN / "klpctl"), "wait", "--timeout", "120", check=False)
 
