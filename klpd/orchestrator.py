@@ -33,6 +33,7 @@ from klpd.model import (
     OverallState,
 )
 from klpd.modprobe import Failure, ModprobeResult, modprobe, rmmod
+from klpd.observe import objects_coming, unsettled, wiped_by_replace
 from klpd.planner import Selection, plan, select_desired
 from klpd.report import build_snapshot, overall_state
 from klpd.status import (
@@ -305,8 +306,9 @@ class Orchestrator:
             actions = self.plan_now(state)
             self._state, self._pending = state, actions
             if not actions:
-                unsettled = self._unsettled(state)
-                if self._objects_coming(state) or unsettled:
+                freeing = unsettled(state, self._catalog.by_module(), self._rt.pinned)
+                wanted = {o for n in self.desired for o in self._catalog.patches[n].objects}
+                if objects_coming(state, wanted) or freeing:
                     # Before 5.11 the add uevent precedes init: wait for "live". A disabled
                     # patch is freed by a kernel work item a moment later; no uevent says
                     # when, so poll while (and only while) one is pending, for at most
@@ -315,7 +317,7 @@ class Orchestrator:
                         settle_polls -= 1
                         await asyncio.sleep(cfg.poll_interval)
                         continue
-                    self._pin(unsettled)
+                    self._pin(freeing)
                 break
             self._publish()
             await self._execute(actions[0])
@@ -325,31 +327,6 @@ class Orchestrator:
         # loop goes round again (``klpctl disable X && klpctl wait`` must see X retired).
         if not self._pending and self._state.transition is None and not self._dirty.is_set():
             self._converged.set()
-
-    def _objects_coming(self, state: KernelState) -> bool:
-        wanted = {o for n in self._selection.desired for o in self._catalog.patches[n].objects}
-        return any(m.initstate == "coming" for name, m in state.modules.items() if name in wanted)
-
-    def _unsettled(self, state: KernelState) -> list[str]:
-        """Managed modules the kernel is still freeing after a disable: the sysfs directory
-        goes first, then the module reference (klp_free_patch_finish), both from a work
-        item. A module still referenced after that is pinned (a forced unpatching)."""
-        managed = self._catalog.by_module()
-        out = [
-            name
-            for name, lp in state.livepatches.items()
-            if not lp.enabled and not lp.transition and name in managed
-        ]
-        out += [
-            name
-            for name, m in state.modules.items()
-            if name in managed
-            and name not in state.livepatches
-            and name not in self._rt.pinned
-            and m.live
-            and (m.refcnt or 0) > 0
-        ]
-        return out
 
     def _pin(self, modules: list[str]) -> None:
         for name in modules:
@@ -361,33 +338,31 @@ class Orchestrator:
             log.error("%s: %s", name, message, extra={"MODULE": name})
 
     def _notice_wiped(self, state: KernelState) -> None:
-        """A patch we saw applied vanished without us disabling it: replaced by someone's
-        atomic-replace patch. Say it loudly; the planner restores the patch (stale → reload)
-        and, if the replace patch is ours, takes it away."""
+        """Patches we saw applied vanished without us disabling them: say it loudly; the
+        planner restores them (stale → reload) and, if the replace patch is ours, takes it
+        away."""
         managed = self._catalog.by_module()
-        now_applied = {n for n, lp in state.livepatches.items() if lp.enabled}
-        gone = {
-            n
-            for n in self._rt.applied_seen - now_applied - self._rt.disabling
-            if n in state.modules and n in managed
-        }
         for name, lp in state.livepatches.items():
             if lp.replace and name in managed and managed[name].patch not in self._rt.refused:
                 self._refuse_replace(managed[name].patch, f"sysfs shows {name} replace=1")
-        if gone:
-            # A replace patch wipes every patch enabled before it, so what is still enabled
-            # is the culprit — or was loaded after it, which only klpd itself would have done.
-            culprits = sorted(now_applied - self._rt.loaded_by_us)
+        wipe = wiped_by_replace(
+            state,
+            applied_seen=self._rt.applied_seen,
+            loaded_by_us=self._rt.loaded_by_us,
+            disabling=self._rt.disabling,
+            managed=managed,
+        )
+        if wipe is not None:
             msg = (
-                f"livepatches {', '.join(sorted(gone))} were replaced by an atomic-replace "
-                f"patch ({', '.join(culprits) or 'unknown'}); restoring them"
+                f"livepatches {', '.join(sorted(wipe.gone))} were replaced by an atomic-replace "
+                f"patch ({', '.join(wipe.culprits) or 'unknown'}); restoring them"
             )
             log.error(msg, extra={"ACTION": "replace-detected"})
             self._set_error(msg)
-            for c in culprits:
+            for c in wipe.culprits:
                 if c in managed:
                     self._refuse_replace(managed[c].patch, msg)
-        self._rt.applied_seen = now_applied
+        self._rt.applied_seen = {n for n, lp in state.livepatches.items() if lp.enabled}
 
     def _refuse_replace(self, patch: str, why: str) -> None:
         log.error("refusing atomic-replace patch %s: %s", patch, why, extra={"PATCH": patch})
