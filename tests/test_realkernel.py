@@ -57,41 +57,35 @@ def trace(tmp_path_factory: pytest.TempPathFactory) -> Trace:
     return result
 
 
-def _scenario(trace: Trace, name: str) -> dict[str, Any]:
-    """A scenario's record; one that left no steps fails with what the guest printed."""
+def _steps(trace: Trace, name: str) -> dict[str, Step]:
+    """A scenario's steps by name. One that left no steps fails with what the guest
+    printed; one that exited non-zero fails with its log."""
     if name not in trace["scenarios"]:
         console = trace.get("console", "")
         raise AssertionError(f"scenario {name} recorded no steps; guest console:\n{console}")
-    scenario: dict[str, Any] = trace["scenarios"][name]
-    return scenario
+    scenario = trace["scenarios"][name]
+    assert scenario["rc"] == 0, scenario["log"]
+    return {s["name"]: s for s in scenario["steps"]}
 
 
 @pytest.fixture(scope="session")
 def facts(trace: Trace) -> dict[str, Step]:
-    scenario = _scenario(trace, "kernel_facts")
-    assert scenario["rc"] == 0, scenario["log"]
-    return {s["name"]: s for s in scenario["steps"]}
+    return _steps(trace, "kernel_facts")
 
 
 @pytest.fixture(scope="session")
 def klpd_steps(trace: Trace) -> dict[str, Step]:
-    scenario = _scenario(trace, "klpd_basic")
-    assert scenario["rc"] == 0, scenario["log"]
-    return {s["name"]: s for s in scenario["steps"]}
+    return _steps(trace, "klpd_basic")
 
 
 @pytest.fixture(scope="session")
 def klpd_failure_steps(trace: Trace) -> dict[str, Step]:
-    scenario = _scenario(trace, "klpd_failures")
-    assert scenario["rc"] == 0, scenario["log"]
-    return {s["name"]: s for s in scenario["steps"]}
+    return _steps(trace, "klpd_failures")
 
 
 @pytest.fixture(scope="session")
 def more_steps(trace: Trace) -> dict[str, Step]:
-    scenario = _scenario(trace, "klpd_more")
-    assert scenario["rc"] == 0, scenario["log"]
-    return {s["name"]: s for s in scenario["steps"]}
+    return _steps(trace, "klpd_more")
 
 
 def out(step: Step) -> str:
