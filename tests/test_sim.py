@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import pyudev
 
+from klpd.modinfo import read_modinfo
 from klpd.sim.harness import SimKernel, wait_for
-from klpd.sim.modfile import find_module, read_modinfo
+from klpd.sim.modfile import find_module
 from klpd.sim.spec import demo_spec, init_root, load_spec
 from klpd.sim.uevent import HEADER_SIZE, encode_udev_message, murmur_hash2, send_module_uevent
 

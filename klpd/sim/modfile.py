@@ -7,15 +7,10 @@ module directory on every call instead, so files added while it runs are found a
 from __future__ import annotations
 
 import errno
-import gzip
-import io
-import lzma
 from dataclasses import dataclass
 from pathlib import Path
 
-import zstandard
-from elftools.elf.elffile import ELFFile
-
+from klpd.modinfo import read_modinfo
 from klpd.names import module_name_from_path, normalise
 
 
@@ -66,32 +61,6 @@ class ModFile:
         if not isinstance(value, int):
             raise ValueError(f"{self.path}: klpd_sim_init_errno={name!r} is not an errno name")
         return value
-
-
-def _decompress(path: Path, data: bytes) -> bytes:
-    name = path.name
-    if name.endswith(".xz"):
-        return lzma.decompress(data)
-    if name.endswith(".gz"):
-        return gzip.decompress(data)
-    if name.endswith(".zst"):
-        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
-    return data
-
-
-def read_modinfo(path: Path) -> dict[str, list[str]]:
-    """The ``.modinfo`` section of a (possibly compressed) module file."""
-    elf = ELFFile(io.BytesIO(_decompress(path, path.read_bytes())))
-    section = elf.get_section_by_name(".modinfo")
-    if section is None:
-        raise ValueError(f"{path}: no .modinfo section")
-    out: dict[str, list[str]] = {}
-    raw: bytes = section.data()
-    for entry in raw.split(b"\0"):
-        if b"=" in entry:
-            key, _, value = entry.decode(errors="replace").partition("=")
-            out.setdefault(key, []).append(value)
-    return out
 
 
 def find_module(moddir: Path, name: str) -> ModFile | None:
