@@ -4,9 +4,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from klpd_harness import KlpdProcess
 
 from klpd.sim.harness import SimKernel
-from klpd_harness import KlpdProcess
+
+# The private dbus-daemon (``dbus_address``) and the service over a FakeController
+# (``served``) are fixtures every D-Bus test file uses.
+pytest_plugins = ["dbus_helpers"]
 
 
 @pytest.fixture

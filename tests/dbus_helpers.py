@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,6 +30,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusSignature
 from dbus_fast.service import ServiceInterface, dbus_method
 
+from klpd.dbus.service import DbusService
 from klpd.model import BlockingTask, OverallState
 from klpd.status import (
     ControlError,
@@ -328,3 +329,16 @@ def spawn_fake_service(address: str) -> subprocess.Popen[bytes]:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
     asyncio.run(_serve_forever(sys.argv[2]))
+
+
+@pytest.fixture
+async def served(dbus_address: str) -> AsyncIterator[tuple[FakeController, DbusService]]:
+    """klpd's D-Bus service over a FakeController, on the session's private bus."""
+    from klpd.dbus.service import start_dbus
+
+    controller = FakeController()
+    service = await start_dbus(controller, dbus_address)
+    try:
+        yield controller, service
+    finally:
+        await service.close()

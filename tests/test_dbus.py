@@ -17,10 +17,9 @@ import pytest
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.introspection import Node
-from dbus_helpers import (  # noqa: F401  (dbus_address is a fixture)
+from dbus_helpers import (
     AS_NOBODY,
     FakeController,
-    dbus_address,
     start_fake_polkit,
 )
 
@@ -37,17 +36,7 @@ STATE_CHANGING: list[tuple[str, str, list[Any]]] = [
 
 
 @pytest.fixture
-async def served(dbus_address: str) -> AsyncIterator[tuple[FakeController, DbusService]]:  # noqa: F811
-    controller = FakeController()
-    service = await start_dbus(controller, dbus_address)
-    try:
-        yield controller, service
-    finally:
-        await service.close()
-
-
-@pytest.fixture
-async def client(dbus_address: str) -> AsyncIterator[MessageBus]:  # noqa: F811
+async def client(dbus_address: str) -> AsyncIterator[MessageBus]:
     bus = await MessageBus(bus_address=dbus_address).connect()
     try:
         yield bus
@@ -311,7 +300,7 @@ async def test_signals_and_properties_changed(
 
 async def test_second_instance_fails_clearly(
     served: tuple[FakeController, DbusService],
-    dbus_address: str,  # noqa: F811
+    dbus_address: str,
 ) -> None:
     with pytest.raises(DbusStartError, match="already owned"):
         await start_dbus(FakeController(), dbus_address)
@@ -322,7 +311,7 @@ async def test_unreachable_bus_fails_clearly() -> None:
         await start_dbus(FakeController(), "unix:path=/nonexistent/klpd-bus")
 
 
-async def test_close_releases_the_name(dbus_address: str) -> None:  # noqa: F811
+async def test_close_releases_the_name(dbus_address: str) -> None:
     service = await start_dbus(FakeController(), dbus_address)
     await service.close()
     service = await start_dbus(FakeController(), dbus_address)
@@ -358,7 +347,7 @@ def manager_call(address: str, member: str, sig: str, args: list[Any]) -> list[s
 @pytest.mark.parametrize(("member", "sig", "args"), STATE_CHANGING)
 async def test_nobody_refused_without_polkit(
     served: tuple[FakeController, DbusService],
-    dbus_address: str,  # noqa: F811
+    dbus_address: str,
     member: str,
     sig: str,
     args: list[Any],
@@ -373,7 +362,7 @@ async def test_nobody_refused_without_polkit(
 @pytest.mark.parametrize(("member", "sig", "args"), STATE_CHANGING)
 async def test_nobody_refused_by_polkit(
     served: tuple[FakeController, DbusService],
-    dbus_address: str,  # noqa: F811
+    dbus_address: str,
     member: str,
     sig: str,
     args: list[Any],
@@ -393,7 +382,7 @@ async def test_nobody_refused_by_polkit(
 
 async def test_nobody_allowed_by_polkit(
     served: tuple[FakeController, DbusService],
-    dbus_address: str,  # noqa: F811
+    dbus_address: str,
 ) -> None:
     controller, _ = served
     polkit_bus, authority = await start_fake_polkit(dbus_address, allow=True)
@@ -408,7 +397,7 @@ async def test_nobody_allowed_by_polkit(
 
 async def test_nobody_may_read(
     served: tuple[FakeController, DbusService],
-    dbus_address: str,  # noqa: F811
+    dbus_address: str,
 ) -> None:
     done = await run(manager_call(dbus_address, "Describe", "", []))
     assert done.returncode == 0, done.stderr
@@ -425,7 +414,7 @@ async def test_nobody_may_read(
     assert done.stdout.strip() == 's "converging"'
 
 
-async def test_nobody_cannot_own_the_name(dbus_address: str) -> None:  # noqa: F811
+async def test_nobody_cannot_own_the_name(dbus_address: str) -> None:
     script = (
         "import asyncio\n"
         "from klpd.dbus.service import start_dbus, DbusStartError\n"
@@ -447,7 +436,7 @@ async def test_nobody_cannot_own_the_name(dbus_address: str) -> None:  # noqa: F
 
 async def test_busctl_introspects_and_reads(
     served: tuple[FakeController, DbusService],
-    dbus_address: str,  # noqa: F811
+    dbus_address: str,
 ) -> None:
     done = await run(
         ["busctl", f"--address={dbus_address}", "introspect", names.BUS_NAME, names.OBJECT_PATH]
@@ -472,7 +461,7 @@ async def test_busctl_introspects_and_reads(
 
 async def test_introspection_matches_docs(
     served: tuple[FakeController, DbusService],
-    dbus_address: str,  # noqa: F811
+    dbus_address: str,
 ) -> None:
 
     done = await run(

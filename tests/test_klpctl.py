@@ -7,15 +7,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from dbus_helpers import (  # noqa: F401  (dbus_address is a fixture)
+from dbus_helpers import (
     AS_NOBODY,
     FakeController,
-    dbus_address,
     run_env,
     sample_snapshot,
 )
@@ -30,16 +28,6 @@ from klpd.model import OverallState
 from klpd.status import ControlError, Event, EventKind
 
 KLPCTL = str(Path(sys.executable).parent / "klpctl")
-
-
-@pytest.fixture
-async def served(dbus_address: str) -> AsyncIterator[tuple[FakeController, DbusService]]:  # noqa: F811
-    controller = FakeController()
-    service = await start_dbus(controller, dbus_address)
-    try:
-        yield controller, service
-    finally:
-        await service.close()
 
 
 async def klpctl(
@@ -73,7 +61,7 @@ async def klpctl(
 )
 async def test_status_exit_code_is_the_state(
     served: tuple[FakeController, DbusService],
-    dbus_address: str,  # noqa: F811
+    dbus_address: str,
     state: OverallState,
     code: int,
 ) -> None:
@@ -87,7 +75,7 @@ async def test_status_exit_code_is_the_state(
     assert json.loads(done.stdout) == json.loads(controller.snap.to_json())
 
 
-async def test_daemon_not_running(dbus_address: str) -> None:  # noqa: F811
+async def test_daemon_not_running(dbus_address: str) -> None:
     done = await klpctl(dbus_address, "status")
     assert done.returncode == ctl.EXIT_NOT_RUNNING
     assert "klpd is not running" in done.stderr
@@ -111,7 +99,7 @@ async def test_daemon_not_running(dbus_address: str) -> None:  # noqa: F811
 )
 async def test_usage_errors(
     served: tuple[FakeController, DbusService],
-    dbus_address: str,  # noqa: F811
+    dbus_address: str,
     argv: list[str],
 ) -> None:
     done = await klpctl(dbus_address, *argv)
@@ -122,7 +110,7 @@ async def test_usage_errors(
 @pytest.mark.parametrize("patch", ["no such", "../x", "nope"])
 async def test_invalid_or_unknown_patch(
     served: tuple[FakeController, DbusService],
-    dbus_address: str,  # noqa: F811
+    dbus_address: str,
     verb: str,
     patch: str,
 ) -> None:
@@ -134,7 +122,7 @@ async def test_invalid_or_unknown_patch(
 @pytest.mark.parametrize("argv", [["reload"], ["enable", "lpa"], ["disable", "lpa"]])
 async def test_nobody_gets_permission_denied(
     served: tuple[FakeController, DbusService],
-    dbus_address: str,  # noqa: F811
+    dbus_address: str,
     argv: list[str],
 ) -> None:
     controller, _ = served
@@ -149,7 +137,7 @@ async def test_nobody_gets_permission_denied(
 
 async def test_state_changes_as_root(
     served: tuple[FakeController, DbusService],
-    dbus_address: str,  # noqa: F811
+    dbus_address: str,
 ) -> None:
     controller, _ = served
     for argv in (["reload"], ["enable", "lpa"], ["disable", "lpa"]):
@@ -167,7 +155,7 @@ async def test_state_changes_as_root(
 
 async def test_wait_times_out_with_1(
     served: tuple[FakeController, DbusService],
-    dbus_address: str,  # noqa: F811
+    dbus_address: str,
 ) -> None:
     done = await klpctl(dbus_address, "wait", "--timeout", "0")
     assert done.returncode == ctl.EXIT_CONVERGING
@@ -176,7 +164,7 @@ async def test_wait_times_out_with_1(
 
 async def test_wait_returns_0_when_converged(
     served: tuple[FakeController, DbusService],
-    dbus_address: str,  # noqa: F811
+    dbus_address: str,
 ) -> None:
     controller, _ = served
     waiting = asyncio.ensure_future(klpctl(dbus_address, "wait", "--timeout=60"))
@@ -191,7 +179,7 @@ async def test_wait_returns_0_when_converged(
 
 async def test_status_screen_shows_everything(
     served: tuple[FakeController, DbusService],
-    dbus_address: str,  # noqa: F811
+    dbus_address: str,
 ) -> None:
     out = (await klpctl(dbus_address, "status")).stdout
     for needle in (
@@ -215,7 +203,7 @@ async def test_status_screen_shows_everything(
 
 async def test_list_show_blocking(
     served: tuple[FakeController, DbusService],
-    dbus_address: str,  # noqa: F811
+    dbus_address: str,
 ) -> None:
     controller, _ = served
     done = await klpctl(dbus_address, "list")
@@ -250,7 +238,7 @@ async def test_list_show_blocking(
 
 async def test_bus_option_beats_environment(
     served: tuple[FakeController, DbusService],
-    dbus_address: str,  # noqa: F811
+    dbus_address: str,
 ) -> None:
     done = await klpctl("unix:path=/nonexistent/bus", "--bus", dbus_address, "status")
     assert done.returncode == 1, done.stderr
@@ -261,7 +249,7 @@ async def test_bus_option_beats_environment(
 
 async def test_monitor_follows_signals(
     served: tuple[FakeController, DbusService],
-    dbus_address: str,  # noqa: F811
+    dbus_address: str,
 ) -> None:
     controller, _ = served
     proc = await asyncio.create_subprocess_exec(
@@ -306,7 +294,7 @@ async def test_monitor_follows_signals(
     ]
 
 
-async def test_monitor_sees_klpd_stop(dbus_address: str) -> None:  # noqa: F811
+async def test_monitor_sees_klpd_stop(dbus_address: str) -> None:
     service = await start_dbus(FakeController(), dbus_address)
     proc = await asyncio.create_subprocess_exec(
         KLPCTL,
@@ -459,7 +447,7 @@ def _lists(value: object) -> object:
 
 async def test_wire_reads_what_dbus_fast_sends(
     served: tuple[FakeController, DbusService],
-    dbus_address: str,  # noqa: F811
+    dbus_address: str,
 ) -> None:
     from dbus_fast import Message
     from dbus_fast.aio import MessageBus
@@ -518,7 +506,7 @@ def run_klpctl(
     return done
 
 
-def test_real_klpd_over_dbus(sim, make_klpd, dbus_address: str) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_real_klpd_over_dbus(sim, make_klpd, dbus_address: str) -> None:  # type: ignore[no-untyped-def]
     sim.modprobe("ext4")
     k = make_klpd({"patches": {"desired": ["lpa"]}, "dbus": {"enabled": True, "bus": dbus_address}})
     k.start()
