@@ -135,8 +135,9 @@ def _foreign_spec():  # type: ignore[no-untyped-def]
 
 
 def test_ebusy_from_a_concurrent_transition_is_retried(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from klpd.sim.harness import SimKernel
     from klpd_harness import KlpdProcess
+
+    from klpd.sim.harness import SimKernel
 
     with SimKernel(transition_ms=400, spec=_foreign_spec()) as sim:
         sim.modprobe("ext4")
@@ -178,7 +179,7 @@ def test_stalled_transition_revert_policy(sim, make_klpd) -> None:  # type: igno
     k, pid = _stalled_setup(sim, make_klpd, "revert")
     k.wait_state("degraded")
     log = k.log()
-    assert f"transition of lpa__ext4 stalled for" in log and f"sleepy-writer[{pid}]" in log
+    assert "transition of lpa__ext4 stalled for" in log and f"sleepy-writer[{pid}]" in log
     assert "reverting stalled transition of lpa__ext4" in log
     assert applied(sim) == MAIN and "lpa__ext4" not in loaded(sim)
     # the task wakes up; an operator's reload tries again and succeeds

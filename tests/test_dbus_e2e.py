@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from dbus_helpers import PrivateBus, start_private_bus
 from klpd_harness import applied, wait_for
 

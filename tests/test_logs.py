@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import systemd.journal  # noqa: F401  (a test extra: missing it is a failure, not a skip)
 
 from klpd.logs import journal_handler, setup_logging, stderr_is_journal
-
-import systemd.journal  # noqa: E402,F401  (a test extra: missing it is a failure, not a skip)
 
 
 class Journal:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from builders import catalog, patch, state
+
 from klpd.model import LivePatchState, LoadedModule
 from klpd.observe import objects_coming, unsettled, wiped_by_replace
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from builders import catalog, patch, state
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from builders import catalog, patch, state
 from klpd.model import (
     Action,
     ActionKind,
