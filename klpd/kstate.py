@@ -56,17 +56,6 @@ def livepatch_supported(sysfs_root: Path) -> bool:
     return (sysfs_root / "kernel/livepatch").is_dir()
 
 
-def read_module(sysfs_root: Path, name: str) -> LoadedModule | None:
-    d = sysfs_root / "module" / name
-    if not d.is_dir():
-        return None
-    return LoadedModule(
-        name=name,
-        initstate=_read(d / "initstate"),
-        refcnt=_read_int(d / "refcnt"),
-    )
-
-
 def read_modules(sysfs_root: Path) -> dict[str, LoadedModule]:
     """Loadable modules only: built-ins have a /sys/module dir but no ``initstate``."""
     out: dict[str, LoadedModule] = {}

@@ -242,8 +242,4 @@ def _objects_then_main(patch: Patch) -> list[PatchModule]:
     return mods
 
 
-def planned_modules(actions: Iterable[Action], kind: ActionKind) -> list[str]:
-    return [a.module for a in actions if a.kind is kind]
-
-
-__all__ = ["VMLINUX", "Selection", "plan", "planned_modules", "select_desired"]
+__all__ = ["VMLINUX", "Selection", "plan", "select_desired"]

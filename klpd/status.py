@@ -150,10 +150,6 @@ class Controller(Protocol):
     async def wait_converged(self, timeout: float) -> bool: ...
 
 
-def blocking_to_dict(t: BlockingTask) -> dict[str, Any]:
-    return asdict(t)
-
-
 __all__ = [
     "SCHEMA_VERSION",
     "ControlError",
@@ -167,6 +163,5 @@ __all__ = [
     "PatchStatus",
     "Snapshot",
     "TransitionReport",
-    "blocking_to_dict",
     "field",
 ]
