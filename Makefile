@@ -14,8 +14,8 @@ test: setup
 	$(PY) -m pytest -ra
 
 lint: setup
-	$(VENV)/bin/ruff check klpd tests bench
-	$(VENV)/bin/mypy klpd
+	$(VENV)/bin/ruff check klpd sim tests bench scripts
+	$(VENV)/bin/mypy klpd sim/klpd_sim tests
 
 bench: setup
 	$(PY) bench/catalog_scan.py

@@ -29,9 +29,8 @@ from pathlib import Path
 
 import _common as c
 from klpd_harness import KlpdProcess, applied, loaded
-
-from klpd.sim.harness import SimKernel
-from klpd.sim.uevent import send_module_uevent
+from klpd_sim.harness import SimKernel
+from klpd_sim.uevent import send_module_uevent
 
 PATCHES = ["lpa", "lpb"]
 TARGETS = ["ext4", "xfs", "klpd_target"]

@@ -2,7 +2,7 @@
 
     python bench/catalog_scan.py [--sizes 1000 20000] [--sample 150]
 
-For each size N it writes N fake modules (klpd.sim.kofile) into a temp dir: about 1% are
+For each size N it writes N fake modules (klpd_sim.kofile) into a temp dir: about 1% are
 split livepatch modules (a main module plus object modules per patch), the rest ordinary
 names; suffixes mixed like distribution trees (.ko 40%, .ko.xz 30%, .ko.zst 30%). Then,
 in the same run:
@@ -29,9 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from klpd.catalog import Modinfo, ModinfoCache, scan_catalog
-from klpd.modinfo import read_modinfo
-from klpd.sim.kofile import write_ko
+from klpd_sim.kofile import write_ko
+
+from klpd.kernel.catalog import Modinfo, ModinfoCache, scan_catalog
+from klpd.kernel.modinfo import read_modinfo
 
 SUFFIXES = ((".ko", "none", 0.4), (".ko.xz", "xz", 0.3), (".ko.zst", "zst", 0.3))
 SUBSYSTEMS = ("drivers/net", "drivers/gpu", "drivers/usb", "fs", "net", "sound/pci", "crypto")

@@ -3,7 +3,7 @@
 The service (FakeController, tests/dbus_helpers.py, the sample two-patch snapshot) runs
 in its own process on a private dbus-daemon; the client here measures for a fixed time:
 
-- sequential: one call after the other with klpctl's client (klpd.dbus.wire);
+- sequential: one call after the other with klpctl's client (klpd.client.wire);
 - pipelined: dbus-fast with ``--depth`` calls in flight (a fleet agent's best case).
 
     python bench/dbus_describe.py [--seconds 3] [--depth 16]
@@ -24,8 +24,8 @@ from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 from dbus_helpers import spawn_fake_service, start_private_bus
 
+from klpd.client.wire import Connection
 from klpd.dbus import names
-from klpd.dbus.wire import Connection
 
 
 def sequential(address: str, seconds: float) -> tuple[float, int]:
@@ -79,7 +79,7 @@ def main() -> None:
         service.wait()
         bus.stop()
     print(f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; Describe() is {size} bytes")
-    print(f"sequential (klpd.dbus.wire):        {rate:8.0f} calls/s ({1e6 / rate:.0f} us/call)")
+    print(f"sequential (klpd.client.wire):        {rate:8.0f} calls/s ({1e6 / rate:.0f} us/call)")
     print(f"pipelined x{a.depth} (dbus-fast aio):     {piped:8.0f} calls/s")
 
 

@@ -38,11 +38,11 @@ def commands(address: str) -> dict[str, list[str]]:
         "klpctl status --json": [klpctl, "--bus", address, "status", "--json"],
         # what the client itself costs, without this venv's editable-install finder
         # (~20 ms in site); a distro package's /usr/bin/klpctl is close to this
-        "python3 -S -m klpd.ctl status": [
+        "python3 -S -m klpd.client.ctl status": [
             sys.executable,
             "-S",
             "-m",
-            "klpd.ctl",
+            "klpd.client.ctl",
             "--bus",
             address,
             "status",

@@ -21,7 +21,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from klpd.sim.harness import SimKernel
+from klpd_sim.harness import SimKernel
 
 BIN = Path(sys.executable).parent
 BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"

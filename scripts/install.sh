@@ -49,7 +49,7 @@ put() {
 
 echo "Installing klpd system files${DESTDIR:+ into $DESTDIR}:"
 
-# The unit: ExecStart follows BINDIR; everything else is as tested in tests/test_unit.py.
+# The unit: ExecStart follows BINDIR; everything else is as tested in tests/unit/test_unit.py.
 unit_tmp=$(mktemp)
 trap 'rm -f "$unit_tmp"' EXIT
 sed "s|^ExecStart=/usr/bin/klpd |ExecStart=$BINDIR/klpd |" "$here/units/klpd.service" >"$unit_tmp"

@@ -31,8 +31,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.klpd-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ sim/pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -U pip
-  .venv/bin/python -m pip install -q -e '.[test]'
+  # The simulated kernel (sim/) is a separate distribution: tests and the demo only.
+  .venv/bin/python -m pip install -q -e '.[test]' -e ./sim
   touch "$stamp"
 fi

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from klpd.model import (
+from klpd.core.model import (
     Catalog,
     KernelState,
     LivePatchState,

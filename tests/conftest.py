@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 from klpd_harness import KlpdProcess
-
-from klpd.sim.harness import SimKernel
+from klpd_sim.harness import SimKernel
 
 # The private dbus-daemon (``dbus_address``) and the service over a FakeController
 # (``served``) are fixtures every D-Bus test file uses.

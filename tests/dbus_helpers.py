@@ -30,9 +30,8 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusSignature
 from dbus_fast.service import ServiceInterface, dbus_method
 
-from klpd.dbus.service import DbusService
-from klpd.model import BlockingTask, OverallState
-from klpd.status import (
+from klpd.core.model import BlockingTask, OverallState
+from klpd.core.status import (
     ControlError,
     Event,
     EventKind,
@@ -44,6 +43,7 @@ from klpd.status import (
     Snapshot,
     TransitionReport,
 )
+from klpd.dbus.service import DbusService
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_BUS_POLICY = REPO / "etc/dbus-1/system.d/io.github.Klpd1.conf"
@@ -189,7 +189,7 @@ BLOCKING = (BlockingTask(4242, "sleepy", 0, "[<0>] do_nanosleep+0x1/0x2"),)
 
 @dataclass
 class FakeController:
-    """The :class:`klpd.status.Controller` protocol over a Snapshot the test sets."""
+    """The :class:`klpd.core.status.Controller` protocol over a Snapshot the test sets."""
 
     snap: Snapshot = field(default_factory=sample_snapshot)
     blocking: tuple[BlockingTask, ...] = BLOCKING

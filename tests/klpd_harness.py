@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from klpd.sim.harness import SimKernel
+from klpd_sim.harness import SimKernel
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,7 +121,7 @@ class KlpdProcess:
         with self.log_path.open("ab") as log:
             log.write(f"--- start {self.starts}\n".encode())
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "klpd.daemon", "--config", str(self.config_path)],
+                [sys.executable, "-m", "klpd.service.daemon", "--config", str(self.config_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

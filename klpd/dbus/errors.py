@@ -11,8 +11,8 @@ import logging
 
 from dbus_fast import DBusError
 
+from klpd.core.status import ControlError
 from klpd.dbus import names
-from klpd.status import ControlError
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 
 import klpd
+from klpd.core.names import NameError_, validate_patch_name
+from klpd.core.status import Controller, Event, EventKind, PatchReport, Snapshot
 from klpd.dbus import auth, names
 from klpd.dbus.errors import Busy, InvalidArgument, UnknownPatch, to_dbus_error
-from klpd.names import NameError_, validate_patch_name
-from klpd.status import Controller, Event, EventKind, PatchReport, Snapshot
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

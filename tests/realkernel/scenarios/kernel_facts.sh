@@ -1,7 +1,7 @@
 #!/bin/sh
 # Scenario "kernel_facts": how the real kernel treats split livepatch modules,
 # without klpd. Every step is recorded (lib.sh); the assertions live on the host
-# (tests/test_realkernel.py) so that a surprise is recorded, not hidden.
+# (tests/realkernel/test_realkernel.py) so that a surprise is recorded, not hidden.
 # Step names are the trace's keys: keep them stable.
 . "$KLPD_LIB"
 

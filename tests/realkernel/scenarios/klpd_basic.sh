@@ -11,7 +11,7 @@ klpctl() { "$KLPD_REPO/.venv/bin/klpctl" "$@"; }
 step reset reset_livepatches
 step services.dbus start_dbus
 step services.udevd start_udevd
-step python.startup "$KLPD_REPO/.venv/bin/python" -c 'import klpd.daemon'
+step python.startup "$KLPD_REPO/.venv/bin/python" -c 'import klpd.service.daemon'
 step config write_klpd_config /etc/klpd/klpd.toml '[patches]' 'exclude = ["lpbad", "lpstall"]'
 step config.check "$KLPD_REPO/.venv/bin/klpd" --check-config --config /etc/klpd/klpd.toml
 start_klpd /etc/klpd/klpd.toml "$KLPD_OUT/klpd.log"

@@ -1,0 +1,245 @@
+"""The planner: a pure function from (catalog, kernel state, desired patches) to actions.
+
+Rules (see DOMAIN.md):
+- ``P__vmlinux`` before any ``P__<obj>``: an object module is planned only after its main
+  module, and the orchestrator stops a plan at the first failure.
+- only objects that are loaded and ``live`` get their ``P__<obj>``; nothing is loaded twice.
+- a module whose livepatch vanished while it stayed loaded (disabled, or wiped by an
+  atomic-replace patch) is *stale*: it is unloaded, and loaded again if still wanted.
+- a cumulative upgrade never leaves a loaded object unpatched: a retired patch is taken away
+  only once its series' successor is applied (or planned to be) on every live object.
+- atomic-replace modules are never loaded; one found applied is disabled and removed.
+- what becomes of ``P__<m>`` when ``<m>`` goes is :class:`RemovalPolicy`.
+
+The orchestrator applies the first action, reads the kernel again and plans again, so a plan
+is always computed from the truth and a crash at any point is harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from klpd.core.model import (
+    Action,
+    ActionKind,
+    Catalog,
+    KernelState,
+    Patch,
+    PatchModule,
+    Reason,
+    RemovalPolicy,
+)
+from klpd.core.names import VMLINUX
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which patches are desired, and why the others are not."""
+
+    desired: frozenset[str]
+    notes: Mapping[str, str]  # patch -> why it is not desired ("superseded by lpa_v2", ...)
+
+
+def select_desired(
+    catalog: Catalog,
+    *,
+    explicit: Sequence[str] = (),
+    exclude: Iterable[str] = (),
+    pin: Mapping[str, int] | None = None,
+    disabled: Iterable[str] = (),
+) -> Selection:
+    """By default every installed patch, the newest of each cumulative series winning.
+
+    ``explicit`` replaces the default set; ``pin`` chooses a series' version instead of the
+    newest; ``exclude`` and operator-``disabled`` patches are never desired; atomic-replace
+    patches are refused whatever the configuration says.
+    """
+    pin = pin or {}
+    notes: dict[str, str] = {}
+    excluded, off = set(exclude), set(disabled)
+    chosen: set[str] = set()
+    if explicit:
+        for name in explicit:
+            if name in catalog.patches:
+                chosen.add(name)
+    else:
+        best: dict[str, Patch] = {}
+        for p in catalog.patches.values():
+            if p.name in excluded or p.name in off or p.replace:
+                continue
+            want = pin.get(p.series)
+            if want is not None and p.version != want:
+                continue
+            cur = best.get(p.series)
+            if cur is None or (p.version, p.name) > (cur.version, cur.name):
+                best[p.series] = p
+        chosen = {p.name for p in best.values()}
+        for p in catalog.patches.values():
+            if p.name not in chosen and p.series in best and best[p.series].name != p.name:
+                notes[p.name] = f"superseded by {best[p.series].name}"
+    for p in catalog.patches.values():
+        if p.replace:
+            notes[p.name] = "refused: atomic-replace patch (would replace every livepatch)"
+        elif p.name in off:
+            notes[p.name] = "disabled by an operator"
+        elif p.name in excluded:
+            notes[p.name] = "excluded by configuration"
+        elif explicit and p.name not in chosen:
+            notes[p.name] = "not in patches.desired"
+    refused = excluded | off | {p.name for p in catalog.patches.values() if p.replace}
+    desired = frozenset(chosen - refused)
+    return Selection(desired=desired, notes=notes)
+
+
+def _loaded(state: KernelState, module: str) -> bool:
+    return module in state.modules
+
+
+def _applied(state: KernelState, module: str) -> bool:
+    lp = state.livepatches.get(module)
+    return lp is not None and lp.enabled
+
+
+def _stale(state: KernelState, module: str) -> bool:
+    """Loaded and live, but its livepatch is gone: only rmmod and a fresh load revive it.
+
+    A module with a non-zero refcnt here was forced and can never be removed: leave it.
+    """
+    m = state.modules.get(module)
+    if m is None or not m.live or module in state.livepatches:
+        return False
+    return m.refcnt in (None, 0)
+
+
+def _act(kind: ActionKind, pm: PatchModule, reason: Reason) -> Action:
+    return Action(kind=kind, module=pm.module, patch=pm.patch, obj=pm.obj, reason=reason)
+
+
+def _ensure_loaded(
+    out: list[Action],
+    state: KernelState,
+    pm: PatchModule,
+    reason: Reason,
+    avoid: frozenset[str],
+) -> bool:
+    """Plan what makes ``pm`` applied; True when it is (or will be, if the plan runs).
+
+    A module in ``avoid`` (its last load failed) is not loaded again; a stale copy of it is
+    still taken away, so what is left loaded is always a working livepatch.
+    """
+    if _applied(state, pm.module):
+        return True
+    if _stale(state, pm.module):
+        out.append(_act(ActionKind.UNLOAD, pm, Reason.STALE))
+        if pm.module in avoid:
+            return False
+        out.append(_act(ActionKind.LOAD, pm, Reason.RELOAD))
+        return True
+    if not _loaded(state, pm.module):
+        if pm.module in avoid:
+            return False
+        out.append(_act(ActionKind.LOAD, pm, reason))
+        return True
+    # Loaded but not applied and not stale: coming, or being disabled. Wait for it.
+    return False
+
+
+def _take_away(out: list[Action], state: KernelState, pm: PatchModule, reason: Reason) -> None:
+    if _applied(state, pm.module):
+        out.append(_act(ActionKind.DISABLE, pm, reason))
+        out.append(_act(ActionKind.UNLOAD, pm, reason))
+    elif _stale(state, pm.module):
+        out.append(_act(ActionKind.UNLOAD, pm, Reason.STALE))
+
+
+def _plan_patch(
+    out: list[Action],
+    patch: Patch,
+    state: KernelState,
+    policy: RemovalPolicy,
+    avoid: frozenset[str],
+) -> bool:
+    """Plan one desired patch; True when, after the plan, every live object is covered."""
+    main = patch.main
+    if main is None or not _ensure_loaded(out, state, main, Reason.MAIN_FIRST, avoid):
+        return False
+    complete = True
+    for obj in patch.objects:
+        pm = patch.modules[obj]
+        if state.object_live(obj):
+            if not _ensure_loaded(out, state, pm, Reason.OBJECT_LOADED, avoid):
+                complete = False
+        elif obj not in state.modules:
+            if policy is RemovalPolicy.REMOVE:
+                _take_away(out, state, pm, Reason.OBJECT_GONE)
+            elif _stale(state, pm.module):
+                # Kept armed only while it is a working livepatch; a dead one goes.
+                out.append(_act(ActionKind.UNLOAD, pm, Reason.STALE))
+        else:
+            complete = False  # object is coming or going: wait for it to settle
+    return complete
+
+
+def plan(
+    catalog: Catalog,
+    state: KernelState,
+    desired: frozenset[str],
+    policy: RemovalPolicy = RemovalPolicy.KEEP,
+    avoid: frozenset[str] = frozenset(),
+    refused: frozenset[str] = frozenset(),
+) -> list[Action]:
+    """Every action that brings ``state`` to the desired one, in the order to run them.
+
+    ``avoid`` holds modules whose last load failed: they are not tried again until the
+    orchestrator clears them (their object reloaded, an operator's reload). ``refused``
+    holds patches seen to be atomic-replace at run time (sysfs ``replace``, or other
+    patches vanishing when they loaded): treated like a declared replace patch.
+    """
+    out: list[Action] = []
+
+    # 1. An atomic-replace patch of ours that got loaded anyway goes first; the patches it
+    #    wiped are stale and get restored below.
+    for patch in sorted(catalog.patches.values(), key=lambda p: p.name):
+        if patch.replace or patch.name in refused:
+            for pm in _objects_then_main(patch):
+                _take_away(out, state, pm, Reason.REPLACE)
+
+    # 2. Desired patches, older series versions first so an upgrade stacks on top.
+    complete: dict[str, bool] = {}
+    for patch in sorted(
+        (
+            catalog.patches[n]
+            for n in desired
+            if n in catalog.patches and n not in refused and not catalog.patches[n].replace
+        ),
+        key=lambda p: (p.series, p.version, p.name),
+    ):
+        complete[patch.name] = _plan_patch(out, patch, state, policy, avoid)
+
+    # 3. Retire what is not desired, once its series successor covers every live object.
+    for patch in sorted(catalog.patches.values(), key=lambda p: p.name):
+        if (patch.name in desired and patch.name not in refused) or patch.replace:
+            continue
+        if patch.name in refused:
+            continue
+        successors = [
+            n
+            for n in desired
+            if n in catalog.patches and catalog.patches[n].series == patch.series
+        ]
+        if any(not complete.get(n, False) for n in successors):
+            continue
+        for pm in _objects_then_main(patch):
+            _take_away(out, state, pm, Reason.RETIRED)
+    return out
+
+
+def _objects_then_main(patch: Patch) -> list[PatchModule]:
+    mods = [patch.modules[o] for o in patch.objects]
+    if patch.main is not None:
+        mods.append(patch.main)
+    return mods
+
+
+__all__ = ["VMLINUX", "Selection", "plan", "select_desired"]

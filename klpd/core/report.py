@@ -1,0 +1,153 @@
+"""Build the :class:`~klpd.core.status.Snapshot` from what the orchestrator knows. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from klpd.core.model import Action, ActionKind, Catalog, KernelState, OverallState, PatchModule
+from klpd.core.status import (
+    ModuleReport,
+    ModuleStatus,
+    PatchReport,
+    PatchStatus,
+    Snapshot,
+    TransitionReport,
+)
+
+
+def _module_report(
+    pm: PatchModule,
+    state: KernelState,
+    pending: set[str],
+    unapplying: set[str],
+    failures: Mapping[str, str],
+    refused: bool,
+    refusal: str = "",
+) -> ModuleReport:
+    lp = state.livepatches.get(pm.module)
+    loaded = pm.module in state.modules
+    obj_loaded = state.object_live(pm.obj)
+    obj_state = lp.objects.get(pm.obj) if lp else None
+    error = failures.get(pm.module, "")
+    if refused:
+        status = ModuleStatus.REFUSED
+        error = error or refusal
+    elif pm.module in unapplying or (lp is not None and not lp.enabled):
+        status = ModuleStatus.UNAPPLYING
+    elif lp is not None and lp.transition:
+        status = ModuleStatus.APPLYING
+    elif lp is not None and lp.enabled:
+        status = ModuleStatus.APPLIED if obj_loaded else ModuleStatus.ARMED
+    elif error:
+        status = ModuleStatus.FAILED
+    elif pm.module in pending:
+        status = ModuleStatus.PENDING
+    else:
+        status = ModuleStatus.NOT_NEEDED
+    return ModuleReport(
+        module=pm.module,
+        obj=pm.obj,
+        status=status,
+        object_loaded=obj_loaded,
+        loaded=loaded,
+        enabled=lp.enabled if lp else None,
+        transition=lp.transition if lp else None,
+        patched=obj_state.patched if obj_state else None,
+        functions=obj_state.functions if obj_state else (),
+        error=error,
+    )
+
+
+def _patch_status(desired: bool, note: str, mods: Sequence[ModuleReport]) -> PatchStatus:
+    statuses = {m.status for m in mods}
+    if ModuleStatus.REFUSED in statuses or note.startswith("refused"):
+        return PatchStatus.REFUSED
+    if not desired:
+        return PatchStatus.DISABLED if note == "disabled by an operator" else PatchStatus.RETIRED
+    needed = [m for m in mods if m.obj == "vmlinux" or m.object_loaded]
+    done = [m for m in needed if m.status is ModuleStatus.APPLIED]
+    failed = [m for m in needed if m.status is ModuleStatus.FAILED]
+    if needed and len(done) == len(needed):
+        return PatchStatus.APPLIED
+    if failed and not done:
+        return PatchStatus.FAILED
+    if done or failed:
+        return PatchStatus.PARTIAL
+    return PatchStatus.PENDING
+
+
+def overall_state(
+    *,
+    supported: bool,
+    pending: Sequence[Action],
+    state: KernelState,
+    failures: Mapping[str, str],
+    stalled: bool,
+) -> OverallState:
+    if not supported:
+        return OverallState.FAILED
+    if pending or state.transition is not None:
+        return OverallState.CONVERGING
+    if failures or stalled:
+        return OverallState.DEGRADED
+    return OverallState.CONVERGED
+
+
+def build_snapshot(
+    *,
+    catalog: Catalog,
+    state: KernelState,
+    desired: frozenset[str],
+    notes: Mapping[str, str],
+    refused: frozenset[str],
+    pending: Sequence[Action],
+    failures: Mapping[str, str],
+    transition: TransitionReport | None,
+    overall: OverallState,
+    last_error: str,
+    last_reconcile: float,
+) -> Snapshot:
+    pending_load = {a.module for a in pending if a.kind is ActionKind.LOAD}
+    unapplying = {a.module for a in pending if a.kind is not ActionKind.LOAD}
+    patches: list[PatchReport] = []
+    for patch in sorted(catalog.patches.values(), key=lambda p: p.name):
+        is_refused = patch.replace or patch.name in refused
+        mods = tuple(
+            _module_report(
+                pm,
+                state,
+                pending_load,
+                unapplying,
+                failures,
+                is_refused,
+                notes.get(patch.name, "") or "refused: atomic-replace patch",
+            )
+            for pm in sorted(patch.modules.values(), key=lambda m: (m.obj != "vmlinux", m.obj))
+        )
+        main = patch.main
+        wanted = patch.name in desired and not is_refused
+        note = notes.get(patch.name, "")
+        patches.append(
+            PatchReport(
+                name=patch.name,
+                status=_patch_status(wanted, note, mods),
+                desired=wanted,
+                series=patch.series,
+                version=patch.version,
+                description=main.description if main else "",
+                cves=tuple(sorted({c for m in patch.modules.values() for c in m.cves})),
+                modules=mods,
+            )
+        )
+    managed = catalog.by_module()
+    foreign = tuple(sorted(n for n in state.livepatches if n not in managed))
+    return Snapshot(
+        state=overall,
+        kernel_release=state.release,
+        patches=tuple(patches),
+        pending=tuple(str(a) for a in pending),
+        transition=transition,
+        last_error=last_error,
+        last_reconcile=last_reconcile,
+        foreign_livepatches=foreign,
+    )

@@ -1,0 +1,167 @@
+"""What klpd reports: the state snapshot, the events, and the controller the D-Bus layer
+adapts. Plain data with a JSON form; no dbus_fast here (the D-Bus interface is a thin
+adapter over :class:`Controller`).
+
+The JSON of :meth:`Snapshot.to_json` is the schema of ``Describe()`` and of
+``klpctl ... --json``; bump :data:`SCHEMA_VERSION` on any incompatible change.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from klpd.core.model import BlockingTask, OverallState
+
+SCHEMA_VERSION = 1
+
+
+class ModuleStatus(StrEnum):
+    """Per ``P__obj`` module, in the spirit of Canonical Livepatch's per-patch states."""
+
+    APPLIED = "applied"  # loaded, enabled, transition done
+    APPLYING = "applying"  # loaded, transition in progress
+    PENDING = "pending"  # wanted, not loaded yet (queued)
+    ARMED = "armed"  # loaded while its object is not: patches the object on its next load
+    NOT_NEEDED = "not-needed"  # object not loaded, module not loaded
+    UNAPPLYING = "unapplying"  # being disabled / removed
+    FAILED = "failed"  # last attempt failed; see error
+    REFUSED = "refused"  # klpd will not load it (atomic-replace, bad name, ...)
+
+
+class PatchStatus(StrEnum):
+    APPLIED = "applied"  # every needed module applied
+    PARTIAL = "partial"  # some needed modules applied, others pending/failed
+    PENDING = "pending"
+    RETIRED = "retired"  # superseded or excluded; being / been taken away
+    DISABLED = "disabled"  # disabled by an operator (klpctl disable)
+    FAILED = "failed"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleReport:
+    module: str
+    obj: str
+    status: ModuleStatus
+    object_loaded: bool
+    loaded: bool
+    enabled: bool | None = None
+    transition: bool | None = None
+    patched: bool | None = None
+    functions: tuple[str, ...] = ()
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PatchReport:
+    name: str
+    status: PatchStatus
+    desired: bool
+    series: str
+    version: int
+    description: str = ""
+    cves: tuple[str, ...] = ()
+    modules: tuple[ModuleReport, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionReport:
+    module: str
+    target: str  # "patched" or "unpatched"
+    started_at: float  # unix time
+    stalled: bool = False
+    blocking: tuple[BlockingTask, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    state: OverallState
+    kernel_release: str
+    patches: tuple[PatchReport, ...] = ()
+    pending: tuple[str, ...] = ()  # actions queued, as text: "load lpa__ext4 (object-loaded)"
+    transition: TransitionReport | None = None
+    last_error: str = ""
+    last_reconcile: float = 0.0  # unix time
+    foreign_livepatches: tuple[str, ...] = ()  # livepatches klpd does not manage
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def patch(self, name: str) -> PatchReport | None:
+        return next((p for p in self.patches if p.name == name), None)
+
+
+class EventKind(StrEnum):
+    PATCH_APPLIED = "patch-applied"
+    PATCH_RETIRED = "patch-retired"
+    PATCH_FAILED = "patch-failed"
+    TRANSITION_STARTED = "transition-started"
+    TRANSITION_FINISHED = "transition-finished"
+    TRANSITION_STALLED = "transition-stalled"
+    STATE_CHANGED = "state-changed"  # overall state / last error / transition changed
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: EventKind
+    patch: str = ""
+    module: str = ""
+    detail: str = ""  # error text, target state, ...
+
+
+Listener = Callable[[Event], None]
+
+
+class ControlError(Exception):
+    """A request the controller refuses; ``code`` names it (mapped to a D-Bus error)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code  # "unknown-patch", "invalid-argument", "busy", "failed"
+
+
+class Controller(Protocol):
+    """What the orchestrator offers to the D-Bus layer (and to tests)."""
+
+    def snapshot(self) -> Snapshot: ...
+
+    def blocking_tasks(self) -> tuple[BlockingTask, ...]: ...
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` on every event; returns the function that unsubscribes."""
+
+    async def reload(self) -> None:
+        """Re-read config (if a reloader is wired), rescan the catalog, reconcile."""
+
+    async def enable_patch(self, name: str) -> None:
+        """Undo an operator disable: the patch is desired again. Raises ControlError."""
+
+    async def disable_patch(self, name: str) -> None:
+        """Operator disable: retire the patch and keep it retired (persisted)."""
+
+    async def wait_converged(self, timeout: float) -> bool: ...
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ControlError",
+    "Controller",
+    "Event",
+    "EventKind",
+    "Listener",
+    "ModuleReport",
+    "ModuleStatus",
+    "PatchReport",
+    "PatchStatus",
+    "Snapshot",
+    "TransitionReport",
+    "field",
+]

@@ -1,0 +1,1 @@
+"""The daemon around the core: the orchestrator and its parts, config, sd_notify, logs, metrics."""

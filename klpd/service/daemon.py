@@ -1,0 +1,237 @@
+"""``klpd``: the daemon's entry point and wiring. One asyncio loop, no threads.
+
+Order at start-up matters for crash-only behaviour: the uevent monitor is armed *before*
+the first reconcile reads sysfs, so a module that comes while we read is seen either in
+sysfs or as an event; READY=1 is sent once the bus name is owned, the monitor is armed and
+the first reconcile is planned. Stopping never unloads anything (kpatch learnt why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from klpd import __version__
+from klpd.core.status import Event, EventKind, Snapshot
+from klpd.kernel.kstate import livepatch_supported
+from klpd.kernel.udev import ModuleEvent, UdevSource
+from klpd.service.config import DEFAULT_PATH, Config, ConfigError, load_config
+from klpd.service.logs import setup_logging
+from klpd.service.orchestrator import Orchestrator
+from klpd.service.sdnotify import Notifier
+
+log = logging.getLogger("klpd")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+EXIT_UNSUPPORTED = 3
+
+
+def status_line(snap: Snapshot) -> str:
+    """What ``systemctl status`` shows: "converged: 2 patches, 5 objects"."""
+    applied = [p for p in snap.patches if p.desired]
+    objects = {m.obj for p in applied for m in p.modules if m.status == "applied"}
+    text = f"{snap.state}: {len(applied)} patches, {len(objects)} objects"
+    if snap.transition is not None:
+        text += f"; transition {snap.transition.module} -> {snap.transition.target}"
+        if snap.transition.stalled:
+            text += " (stalled)"
+    elif snap.last_error and snap.state != "converged":
+        text += f"; {snap.last_error}"
+    return text[:200]
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: Path | None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.notifier = Notifier()
+        self.orchestrator = Orchestrator(config, config_loader=self._load_config)
+        self._stop = asyncio.Event()
+        self._dbus: object | None = None
+        self._status = ""
+        self._softdeps = ""
+
+    def _load_config(self) -> Config:
+        self.config = load_config(self.config_path)
+        return self.config
+
+    def _on_module_event(self, ev: ModuleEvent) -> None:
+        if ev.action == "add":
+            self.orchestrator.module_added(ev.module)
+        else:
+            self.orchestrator.module_removed(ev.module)
+
+    def _on_event(self, ev: Event) -> None:
+        if ev.kind is EventKind.STATE_CHANGED:
+            snap = self.orchestrator.snapshot()
+            line = status_line(snap)
+            if line != self._status:  # the manager reads every datagram: send only news
+                self._status = line
+                self.notifier.status(line)
+            self._write_metrics(snap)
+            if self.config.softdep.enabled:
+                self._write_softdeps()
+
+    def _write_metrics(self, snap: Snapshot) -> None:
+        path = self.config.metrics.textfile
+        if not path:
+            return
+        from klpd.service.metrics import render_metrics, write_textfile
+
+        c = self.orchestrator.counters
+        try:
+            write_textfile(
+                Path(path),
+                render_metrics(snap, transitions_total=c.transitions, failures_total=c.failures),
+            )
+        except OSError as e:
+            log.warning("cannot write metrics to %s: %s", path, e)
+
+    def _write_softdeps(self, previous_path: str = "") -> None:
+        """Pre-arm modprobe: ``softdep <m> pre: P__<m>`` for the patches being applied, so a
+        modprobe-driven load of ``<m>`` is patched before its init (opt-in, see README)."""
+        from klpd.kernel.softdep import remove_softdeps, render_softdeps, write_softdeps
+
+        sd = self.config.softdep
+        try:
+            stale = previous_path if previous_path != sd.path else ""
+            if (stale or not sd.enabled) and remove_softdeps(stale or sd.path):
+                self._softdeps = ""
+            if sd.enabled:
+                text = render_softdeps(self.orchestrator.catalog, self.orchestrator.desired)
+                if text != self._softdeps:  # selection changes are rare; writes rarer
+                    write_softdeps(Path(sd.path), text)
+                    self._softdeps = text
+        except OSError as e:
+            log.warning("cannot write %s: %s", sd.path, e)
+
+    async def _reload(self) -> None:
+        self.notifier.reloading()
+        previous = self.config.softdep.path
+        try:
+            await self.orchestrator.reload()
+            setup_logging(self.config.logging.level, self.config.logging.target)
+            self._write_softdeps(previous)
+            log.info("configuration reloaded")
+        except Exception as e:
+            log.error("reload failed, keeping the previous configuration: %s", e)
+        self.notifier.ready(status_line(self.orchestrator.snapshot()))
+
+    async def _watchdog(self, interval: float) -> None:
+        # Pinged from the event loop itself: a wedged loop stops the pings.
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval / 2)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        orch = self.orchestrator
+        orch.subscribe(self._on_event)
+        orch.rescan()
+        self._write_softdeps()
+
+        source = UdevSource(
+            self._on_module_event,
+            orch.resync,
+            receive_buffer=self.config.events.receive_buffer,
+        )
+        source.start(loop)
+
+        if self.config.dbus.enabled:
+            from klpd.dbus.service import start_dbus
+
+            self._dbus = await start_dbus(orch, self.config.dbus.bus)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload()))
+
+        first = orch.plan_now(orch.read_state())
+        log.info("start-up: %d actions planned", len(first))
+        runner = loop.create_task(orch.run(), name="reconcile")
+        tasks = [runner]
+        interval = self.notifier.watchdog_interval()
+        if interval:
+            tasks.append(loop.create_task(self._watchdog(interval), name="watchdog"))
+        self.notifier.ready(status_line(orch.snapshot()))
+
+        stop_wait = loop.create_task(self._stop.wait())
+        await asyncio.wait([stop_wait, runner], return_when=asyncio.FIRST_COMPLETED)
+        self.notifier.stopping()
+        log.info("stopping; livepatches stay as they are")
+        orch.stop()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        source.stop()
+        if self._dbus is not None:
+            await self._dbus.close()  # type: ignore[attr-defined]
+        return EXIT_OK
+
+
+def kill_switch(proc_root: Path) -> bool:
+    """``klpd.enable=0`` on the kernel command line (like kpatch's ``kpatch.enable=0``); the
+    unit checks it too, this covers starts outside systemd."""
+    try:
+        words = (proc_root / "cmdline").read_text().split()
+    except OSError:
+        return False
+    return "klpd.enable=0" in words
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="klpd", description="Orchestrate split kernel livepatch modules."
+    )
+    p.add_argument(
+        "--config", type=Path, help=f"configuration file (default {DEFAULT_PATH})"
+    )
+    p.add_argument(
+        "--check-config", action="store_true", help="validate the configuration and exit"
+    )
+    p.add_argument("--bus", help="D-Bus bus: system, session, or an address (overrides dbus.bus)")
+    p.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    p.add_argument("--version", action="version", version=f"klpd {__version__}")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config)
+        if args.bus:
+            config = config.with_overrides({"dbus": {"bus": args.bus}})
+    except ConfigError as e:
+        print(f"klpd: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check_config:
+        print(f"klpd: configuration {args.config or DEFAULT_PATH} is valid")
+        return EXIT_OK
+
+    setup_logging("debug" if args.debug else config.logging.level, config.logging.target)
+    if kill_switch(Path(config.kernel.proc_root)):
+        log.warning("klpd.enable=0 on the kernel command line: not starting")
+        return EXIT_OK
+    if not livepatch_supported(Path(config.kernel.sysfs_root)):
+        log.error(
+            "this kernel has no livepatch support (%s/kernel/livepatch is missing)",
+            config.kernel.sysfs_root,
+        )
+        return EXIT_UNSUPPORTED
+    try:
+        return asyncio.run(Daemon(config, args.config).run())
+    except Exception as e:
+        if args.debug:
+            raise
+        log.error("klpd failed: %s", e)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Prometheus metrics for node_exporter's textfile collector.
+
+No livepatch tool exports metrics natively; klpd writes a ``.prom`` file on each state
+change (``[metrics] textfile``), atomically so the collector never reads half a file.
+
+- ``klpd_state{state}``: one series per :class:`~klpd.core.model.OverallState`, 1 for the
+  current one (so ``klpd_state{state="degraded"} == 1`` is an alert that never goes absent).
+- ``klpd_patch_status{patch,status}`` and ``klpd_module_status{patch,module,object,status}``:
+  1 for each patch's / module's *current* status only (every status for every module would
+  multiply the series by eight for little gain: ``count(... {status="failed"})`` works).
+- counters and timestamps passed in by the daemon, which owns them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from klpd.core.model import OverallState
+from klpd.core.status import Snapshot
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int) or value.is_integer():
+        return str(int(value))
+    return repr(value)
+
+
+def _sample(name: str, labels: Mapping[str, str], value: float) -> str:
+    if not labels:
+        return f"{name} {_number(value)}"
+    text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+    return f"{name}{{{text}}} {_number(value)}"
+
+
+def _family(
+    name: str, kind: str, help_text: str, samples: Iterable[tuple[Mapping[str, str], float]]
+) -> list[str]:
+    return [
+        f"# HELP {name} {help_text}",
+        f"# TYPE {name} {kind}",
+        *(_sample(name, labels, value) for labels, value in samples),
+    ]
+
+
+def render_metrics(snapshot: Snapshot, *, transitions_total: int, failures_total: int) -> str:
+    """The Prometheus text exposition of ``snapshot`` and the daemon's counters."""
+    transition = snapshot.transition
+    lines = [
+        *_family(
+            "klpd_state",
+            "gauge",
+            "Overall state of klpd: 1 for the current state, 0 for the others.",
+            (({"state": s.value}, float(s == snapshot.state)) for s in OverallState),
+        ),
+        *_family(
+            "klpd_patch_status",
+            "gauge",
+            "Current status of each known patch (1 = the patch is in this status).",
+            (({"patch": p.name, "status": p.status.value}, 1) for p in snapshot.patches),
+        ),
+        *_family(
+            "klpd_module_status",
+            "gauge",
+            "Current status of each livepatch module <patch>__<object>.",
+            (
+                (
+                    {
+                        "patch": p.name,
+                        "module": m.module,
+                        "object": m.obj,
+                        "status": m.status.value,
+                    },
+                    1,
+                )
+                for p in snapshot.patches
+                for m in p.modules
+            ),
+        ),
+        *_family(
+            "klpd_transition_in_progress",
+            "gauge",
+            "1 while a livepatch transition runs.",
+            [({}, int(transition is not None))],
+        ),
+        *_family(
+            "klpd_transition_stalled",
+            "gauge",
+            "1 while the running transition is stalled past transition.stall_timeout.",
+            [({}, int(transition is not None and transition.stalled))],
+        ),
+        *_family(
+            "klpd_transitions_total",
+            "counter",
+            "Livepatch transitions started by klpd since it started.",
+            [({}, transitions_total)],
+        ),
+        *_family(
+            "klpd_failures_total",
+            "counter",
+            "Module loads, disables and removals that failed since klpd started.",
+            [({}, failures_total)],
+        ),
+        *_family(
+            "klpd_last_reconcile_timestamp_seconds",
+            "gauge",
+            "Unix time of the last completed reconcile (0: none yet).",
+            [({}, snapshot.last_reconcile)],
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: str | Path, text: str, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``text`` so readers see the old file or the new, never a part.
+
+    The temporary file is in the same directory (rename(2) is atomic only within one file
+    system) and starts with a dot, so collectors that glob ``*.prom`` / ``*.conf`` skip it.
+    The data is fsynced before the rename and the directory after it, so a crash leaves
+    one of the two complete versions.
+    """
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), mode)  # mkstemp creates 0600; collectors run as others
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_textfile(path: str | Path, text: str) -> None:
+    """Write metrics ``text`` to the node_exporter textfile ``path`` atomically."""
+    write_atomic(path, text)
+
+
+__all__ = ["render_metrics", "write_atomic", "write_textfile"]

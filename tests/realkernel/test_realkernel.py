@@ -1,0 +1,567 @@
+"""Split livepatch modules on Debian's real 6.1 kernel, in qemu (TCG), one boot per session.
+
+The session fixture builds the test modules (tests/realkernel/build.sh), boots the VM once and
+runs every guest scenario in that boot; the tests only read the recorded trace. A missing qemu,
+kernel image or headers is an error, never a skip: these tests are the ground truth the
+simulated kernel is checked against.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+# Boot + scenarios take ~2 min under TCG; the first test pays for the session fixture.
+pytestmark = [pytest.mark.realkernel, pytest.mark.timeout(1800)]
+
+HERE = Path(__file__).resolve().parent
+REALKERNEL = HERE
+KERNEL_FACTS = REALKERNEL / "scenarios" / "kernel_facts.sh"
+KLPD_BASIC = REALKERNEL / "scenarios" / "klpd_basic.sh"
+KLPD_FAILURES = REALKERNEL / "scenarios" / "klpd_failures.sh"
+KLPD_MORE = REALKERNEL / "scenarios" / "klpd_more.sh"
+
+
+def _load_vm() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("klpd_realkernel_vm", REALKERNEL / "vm.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+vm = _load_vm()
+
+Trace = dict[str, Any]
+Step = dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def trace(tmp_path_factory: pytest.TempPathFactory) -> Trace:
+    keep = os.environ.get("KLPD_REALKERNEL_RESULTS")
+    results = Path(keep) if keep else tmp_path_factory.mktemp("realkernel")
+    build = vm.build_modules()  # HarnessError (an error, not a skip) when tools are missing
+    # kernel_facts last: its forced unpatching leaves lpstall__klpd_target unremovable.
+    scenarios = [KLPD_BASIC, KLPD_FAILURES, KLPD_MORE, KERNEL_FACTS]
+    run = vm.run_guest(scenarios, build=build, results_dir=results, timeout=1500)
+    result: Trace = vm.read_trace(run)
+    result["console"] = run.console  # for the failure message of a scenario that left no steps
+    return result
+
+
+def _steps(trace: Trace, name: str) -> dict[str, Step]:
+    """A scenario's steps by name. One that left no steps fails with what the guest
+    printed; one that exited non-zero fails with its log."""
+    if name not in trace["scenarios"]:
+        console = trace.get("console", "")
+        raise AssertionError(f"scenario {name} recorded no steps; guest console:\n{console}")
+    scenario = trace["scenarios"][name]
+    assert scenario["rc"] == 0, scenario["log"]
+    return {s["name"]: s for s in scenario["steps"]}
+
+
+@pytest.fixture(scope="session")
+def facts(trace: Trace) -> dict[str, Step]:
+    return _steps(trace, "kernel_facts")
+
+
+@pytest.fixture(scope="session")
+def klpd_steps(trace: Trace) -> dict[str, Step]:
+    return _steps(trace, "klpd_basic")
+
+
+@pytest.fixture(scope="session")
+def klpd_failure_steps(trace: Trace) -> dict[str, Step]:
+    return _steps(trace, "klpd_failures")
+
+
+@pytest.fixture(scope="session")
+def more_steps(trace: Trace) -> dict[str, Step]:
+    return _steps(trace, "klpd_more")
+
+
+def out(step: Step) -> str:
+    return str(step["stdout"] + step["stderr"]).strip()
+
+
+def patches(step: Step) -> set[str]:
+    return set(step["livepatch"])
+
+
+def dmesg(step: Step) -> str:
+    return "\n".join(str(msg) for _, msg in step["dmesg"])
+
+
+# ---- the harness itself -------------------------------------------------------------------
+
+
+def test_prerequisites_present() -> None:
+    """Fails (not skips) on a machine without what the real-kernel tests need."""
+    import shutil
+
+    for tool in ("qemu-system-x86_64", "cpio", "depmod", "make"):
+        assert shutil.which(tool), f"{tool} missing: run scripts/setup.sh"
+    assert list(Path("/boot").glob("vmlinuz-*-amd64")), "linux-image-amd64 missing"
+    assert Path("/bin/busybox").exists(), "busybox-static missing"
+
+
+def test_guest_runs_debian_kernel(trace: Trace) -> None:
+    assert re.fullmatch(r"\d+\.\d+\.\d+-\d+-amd64", trace["kernel"])
+    assert trace["boot_seconds"] is not None
+    assert trace["boot_seconds"] < 120
+
+
+def test_every_step_recorded(facts: dict[str, Step]) -> None:
+    assert len(facts) > 100
+    assert "forceun.other.rmmod" in facts  # the last step: the scenario ran to its end
+
+
+# ---- sysfs as 6.1 shows it ------------------------------------------------------------------
+
+
+def test_sysfs_layout_6_1(facts: dict[str, Step]) -> None:
+    tree = facts["lpa.target.value"]["livepatch"]
+    assert set(tree) == {"lpa__vmlinux", "lpa__klpd_target"}
+    vml = tree["lpa__vmlinux"]
+    assert vml["enabled"] == "1" and vml["transition"] == "0"
+    assert "force" in vml and vml["force"] is None  # write-only
+    assert "replace" not in vml and "stack_order" not in vml  # 6.11+, 6.14+
+    assert vml["objects"] == {"vmlinux": {"funcs": ["cmdline_proc_show,1"], "patched": "1"}}
+    assert tree["lpa__klpd_target"]["objects"] == {
+        "klpd_target": {"funcs": ["klpd_target_value,1"], "patched": "1"}
+    }
+
+
+def test_modinfo_fields(facts: dict[str, Step]) -> None:
+    text = facts["baseline.modinfo"]["stdout"]
+    assert re.search(r"^klpd_series:\s+lpa$", text, re.M)
+    assert re.search(r"^klpd_version:\s+2$", text, re.M)
+    assert re.search(r"^livepatch:\s+Y$", text, re.M)
+    assert facts["baseline.modinfo_depends"]["stdout"].strip() == ""
+
+
+# ---- loading ----------------------------------------------------------------------------------
+
+
+def test_split_patch_applies(facts: dict[str, Step]) -> None:
+    assert facts["target.value"]["stdout"] == "original\n"
+    assert facts["lpa.vmlinux.cmdline"]["stdout"] == "lpa-vmlinux\n"
+    assert facts["lpa.target.value"]["stdout"] == "lpa\n"
+    # the livepatch modules are tainted K, the target is not
+    assert "K" in facts["lpa.target.value"]["modules"]["lpa__klpd_target"]["taints"]
+    assert "K" not in facts["lpa.target.value"]["modules"]["klpd_target"]["taints"]
+
+
+def test_second_load_during_transition_is_ebusy(facts: dict[str, Step]) -> None:
+    step = facts["lpa.load_at_once"]
+    if "transition before modprobe lpa__klpd_target: 1" in step["stdout"]:
+        assert step["rc"] == 1
+        assert (
+            "modprobe: ERROR: could not insert 'lpa__klpd_target': Device or resource busy"
+            in step["stderr"]
+        )
+    assert facts["lpa.target.value"]["stdout"] == "lpa\n"
+
+
+def test_module_init_returns_before_transition_ends(facts: dict[str, Step]) -> None:
+    assert facts["lpb.vmlinux.load"]["livepatch"]["lpb__vmlinux"]["transition"] == "1"
+
+
+def test_stacking_newest_wins(facts: dict[str, Step]) -> None:
+    assert facts["lpb.target.value"]["stdout"] == "lpb\n"
+    assert facts["lpb.vmlinux.cmdline"]["stdout"] == "lpb-vmlinux\n"
+
+
+def test_enabled_patch_module_cannot_be_removed(facts: dict[str, Step]) -> None:
+    step = facts["lpb.target.rmmod_enabled"]
+    assert step["rc"] == 1
+    assert out(step) == "rmmod: ERROR: Module lpb__klpd_target is in use"
+    again = facts["lpb.target.enable_again"]
+    assert again["rc"] != 0 and "Invalid argument" in out(again)
+
+
+# ---- the target goes and comes ----------------------------------------------------------------
+
+
+def test_target_removable_under_its_patches(facts: dict[str, Step]) -> None:
+    step = facts["target.rmmod_patched"]
+    assert step["rc"] == 0
+    obj = step["livepatch"]["lpb__klpd_target"]["objects"]["klpd_target"]
+    assert obj["patched"] == "0"
+    assert "reverting patch 'lpb__klpd_target' on unloading module 'klpd_target'" in dmesg(step)
+
+
+def test_reloaded_target_is_patched_by_kernel(facts: dict[str, Step]) -> None:
+    step = facts["target.reload"]
+    assert "applying patch 'lpb__klpd_target' to loading module 'klpd_target'" in dmesg(step)
+    assert facts["target.reload.value"]["stdout"] == "lpb\n"
+
+
+def test_patch_before_target(facts: dict[str, Step]) -> None:
+    step = facts["lpa.target.load_without_target"]
+    assert step["rc"] == 0
+    # the transition runs although the object is absent
+    assert step["livepatch"]["lpa__klpd_target"]["transition"] == "1"
+    assert step["livepatch"]["lpa__klpd_target"]["objects"] == {
+        "klpd_target": {"funcs": ["klpd_target_value,1"], "patched": "0"}
+    }
+    assert facts["target.load_after_patch.value"]["stdout"] == "lpa\n"
+
+
+# ---- disable, remove, any order ----------------------------------------------------------------
+
+
+def test_disable_lower_patch_first(facts: dict[str, Step]) -> None:
+    assert facts["lpa.target.disable_under_lpb"]["rc"] == 0
+    assert "lpa__klpd_target" not in patches(facts["lpa.target.disable_under_lpb.wait"])
+    assert facts["lpa.target.rmmod"]["rc"] == 0
+    assert facts["lpa.target.rmmod.value"]["stdout"] == "lpb\n"
+    assert facts["lpb.target.rmmod.value"]["stdout"] == "original\n"
+    assert facts["lpb.vmlinux.rmmod.cmdline"]["stdout"] == "lpa-vmlinux\n"
+
+
+def test_cumulative_upgrade_by_stacking(facts: dict[str, Step]) -> None:
+    assert facts["lpa_v2.target.value"]["stdout"] == "lpa_v2\n"
+    assert facts["lpa.retire.target.rmmod"]["rc"] == 0
+    assert facts["lpa.retire.vmlinux.rmmod"]["rc"] == 0
+    assert facts["lpa.retire.value"]["stdout"] == "lpa_v2\n"
+    assert facts["lpa.retire.cmdline"]["stdout"] == "lpa_v2-vmlinux\n"
+    assert patches(facts["lpa.retire.cmdline"]) == {"lpa_v2__vmlinux", "lpa_v2__klpd_target"}
+
+
+# ---- a broken patch -------------------------------------------------------------------------
+
+
+def test_broken_patch_fails_with_target_loaded(facts: dict[str, Step]) -> None:
+    step = facts["lpbad.load_with_target"]
+    assert step["rc"] == 1
+    assert out(step) == "modprobe: ERROR: could not insert 'lpbad__klpd_target': Invalid argument"
+    assert "symbol 'klpd_target_no_such_function' not found in symbol table" in dmesg(step)
+
+
+def test_broken_patch_blocks_its_target(facts: dict[str, Step]) -> None:
+    assert facts["lpbad.load_without_target"]["rc"] == 0
+    step = facts["lpbad.target.load"]
+    assert step["rc"] == 1
+    assert out(step) == "modprobe: ERROR: could not insert 'klpd_target': Invalid argument"
+    assert (
+        "patch 'lpbad__klpd_target' failed for module 'klpd_target', "
+        "refusing to load module 'klpd_target'" in dmesg(step)
+    )
+    assert facts["target.load_after_lpbad.value"]["stdout"] == "lpa_v2\n"
+
+
+# ---- stalled transitions --------------------------------------------------------------------
+
+
+def test_stall_holds_transition_and_blocks_others(facts: dict[str, Step]) -> None:
+    assert facts["stall1.stays"]["rc"] == 0
+    task = facts["stall1.task"]["stdout"]
+    assert "patch_state 0" in task and "klpd_target_sleep" in task
+    busy = facts["stall1.load_other_busy"]
+    assert out(busy) == "modprobe: ERROR: could not insert 'lpb__vmlinux': Device or resource busy"
+    assert out(facts["stall1.rmmod_busy"]) == "rmmod: ERROR: Module lpstall__klpd_target is in use"
+    assert facts["stall1.wake.wait"]["rc"] == 0
+    assert facts["stall1.wake.wait"]["livepatch"]["lpstall__klpd_target"]["transition"] == "0"
+
+
+def test_stall_reversed(facts: dict[str, Step]) -> None:
+    assert facts["stall2.reverse.wait"]["rc"] == 0
+    assert "lpstall__klpd_target" not in patches(facts["stall2.reverse.wait"])
+    assert facts["stall2.rmmod"]["rc"] == 0
+
+
+def test_fake_signal_ends_interruptible_stall(facts: dict[str, Step]) -> None:
+    step = facts["stall3.wait_fake_signal"]
+    assert step["rc"] == 0
+    assert "signaling remaining tasks" in dmesg(step)
+    assert step["seconds"] > 10  # SIGNALS_TIMEOUT is 15 s
+
+
+def test_force_on_patching_keeps_module_removable_on_6_1(facts: dict[str, Step]) -> None:
+    assert "forcing remaining tasks to the patched state" in dmesg(facts["force.force"])
+    assert facts["force.rmmod"]["rc"] == 0
+
+
+def test_force_on_unpatching_makes_module_unremovable(facts: dict[str, Step]) -> None:
+    assert "patch_state 1" in facts["forceun.task"]["stdout"]
+    assert "lpstall__klpd_target" not in patches(facts["forceun.wait"])
+    for name in ("forceun.rmmod", "forceun.rmmod_released"):
+        assert out(facts[name]) == "rmmod: ERROR: Module lpstall__klpd_target is in use"
+    assert facts["forceun.other.rmmod"]["rc"] == 0  # only the forced patch stays
+
+
+# ---- atomic replace -------------------------------------------------------------------------
+
+
+def test_atomic_replace_shows_nop_objects_during_transition(facts: dict[str, Step]) -> None:
+    """While it replaces them, lprep__vmlinux shows the objects of the patches it replaces."""
+    step = facts["rep.load"]
+    assert step["livepatch"]["lprep__vmlinux"]["transition"] == "1"
+    assert set(step["livepatch"]["lprep__vmlinux"]["objects"]) == {"vmlinux", "klpd_target"}
+
+
+def test_atomic_replace_replaces_every_patch(facts: dict[str, Step]) -> None:
+    assert patches(facts["rep.wait"]) == {"lprep__vmlinux"}
+    assert facts["rep.value"]["stdout"] == "original\n"  # module patches gone too
+    assert facts["rep.cmdline"]["stdout"] == "lprep-vmlinux\n"
+    for name in ("lpa_v2__klpd_target", "lpa_v2__vmlinux", "lpb__vmlinux"):
+        assert facts["rep.wait"]["modules"][name]["refcnt"] == 0
+    for name in ("rep.rmmod.lpa_v2.target", "rep.rmmod.lpa_v2.vmlinux", "rep.rmmod.lpb.vmlinux"):
+        assert facts[name]["rc"] == 0
+
+
+def test_transitions_take_about_a_second(trace: Trace) -> None:
+    """An unblocked transition ends at the next whole-second retry of klp_transition_work."""
+    plain = [t for t in trace["transitions"] if t["patch"] != "lpstall__klpd_target"]
+    assert len(plain) >= 15
+    assert all(t["seconds"] < 5 for t in plain), plain
+
+
+# ---- klpd itself in the guest (system bus, udevd, klpd from the work tree's venv) ------------
+
+
+def test_klpd_startup_applies_newest_of_each_series(klpd_steps: dict[str, Step]) -> None:
+    step = klpd_steps["klpd.startup"]
+    assert step["rc"] == 0, out(step)
+    # lpa v1 is superseded by lpa_v2 (series lpa); lprep declares klpd_replace and is refused;
+    # lpbad and lpstall are excluded by the configuration.
+    assert patches(klpd_steps["klpd.startup.settle"]) == {"lpa_v2__vmlinux", "lpb__vmlinux"}
+
+
+def test_klpd_loads_patch_on_target_add(klpd_steps: dict[str, Step]) -> None:
+    assert klpd_steps["target.patched"]["rc"] == 0, out(klpd_steps["target.patched"])
+    log = dmesg(klpd_steps["target.load"]) + "\n" + dmesg(klpd_steps["target.patched"])
+    assert log.index("klpd_target: init") < log.index("enabling patch 'lpa_v2__klpd_target'")
+    assert klpd_steps["target.value"]["stdout"] in ("lpa_v2\n", "lpb\n")
+
+
+def test_klpd_keep_policy_closes_the_window(klpd_steps: dict[str, Step]) -> None:
+    after_rmmod = klpd_steps["target.rmmod.settle"]
+    assert {"lpa_v2__klpd_target", "lpb__klpd_target"} <= set(after_rmmod["modules"])
+    log = dmesg(klpd_steps["target.reload"])
+    applied = log.index("applying patch 'lpa_v2__klpd_target' to loading module 'klpd_target'")
+    assert applied < log.index("klpd_target: init")
+    assert klpd_steps["target.reload.value"]["stdout"] != "original\n"
+
+
+def test_klpctl_in_guest(klpd_steps: dict[str, Step]) -> None:
+    import json
+
+    status = klpd_steps["status"]
+    assert status["rc"] == 0, out(status)  # 0: converged
+    assert json.loads(status["stdout"])["kernel_release"]
+    assert klpd_steps["wait"]["rc"] == 0
+
+
+def test_klpd_stop_leaves_patches(klpd_steps: dict[str, Step]) -> None:
+    assert "klpd exit 0" in klpd_steps["stop"]["stdout"]
+    assert {"lpa_v2__klpd_target", "lpb__klpd_target"} <= patches(klpd_steps["after_stop.value"])
+
+
+def test_klpd_reports_broken_module(klpd_failure_steps: dict[str, Step]) -> None:
+    text = klpd_failure_steps["status.exit"]["stdout"]
+    assert "lpbad__klpd_target" in text
+    assert "modprobe: ERROR: could not insert 'lpbad__klpd_target': Invalid argument" in text
+    assert "lpbad__vmlinux" in patches(klpd_failure_steps["klpd.mains"])
+
+
+def test_klpd_shows_blocking_task_and_reverts_stall(klpd_failure_steps: dict[str, Step]) -> None:
+    assert klpd_failure_steps["klpd.stall.seen"]["rc"] == 0
+    blocking = klpd_failure_steps["klpd.blocking"]["stdout"]
+    assert "patch_state=0" in blocking and "klpd_target_sleep" in blocking
+    reverted = klpd_failure_steps["klpd.reverted"]
+    assert reverted["rc"] == 0
+    assert "'lpstall__klpd_target': starting unpatching transition" in dmesg(reverted)
+    assert "lpstall__klpd_target" not in klpd_failure_steps["klpd.settle"]["modules"]
+
+
+def test_klpd_degraded_exit_code(klpd_failure_steps: dict[str, Step]) -> None:
+    assert klpd_failure_steps["status.exit"]["rc"] == 2  # degraded
+    assert "stalled" in klpd_failure_steps["status.exit"]["stdout"]
+    assert "klpd exit 0" in klpd_failure_steps["stop"]["stdout"]
+
+
+# ---- uevents and names ----------------------------------------------------------------------
+
+
+def test_add_uevent_comes_after_init(facts: dict[str, Step]) -> None:
+    """klpd_target's init sleeps 1 s; the add uevent still finds initstate live (5.11+)."""
+    step = facts["uevent.initstate"]
+    assert step["rc"] == 0
+    assert step["stdout"].strip() == "initstate at add uevent: live"
+
+
+def test_livepatch_sysfs_emits_no_uevents(facts: dict[str, Step]) -> None:
+    assert facts["uevent.patch_load"]["stdout"].split() == [
+        "add",
+        "/module/lpb__vmlinux",
+        "(module)",
+    ]
+    assert facts["uevent.patch_disable"]["stdout"].strip() == ""
+    assert facts["uevent.patch_rmmod"]["stdout"].split() == [
+        "remove",
+        "/module/lpb__vmlinux",
+        "(module)",
+    ]
+
+
+def test_dashes_and_underscores_are_one_name(facts: dict[str, Step]) -> None:
+    assert facts["names.dashes"]["rc"] == 0
+    assert "lpb__vmlinux" in patches(facts["names.dashes"])
+    assert facts["names.dashes.rmmod"]["rc"] == 0
+
+
+# ---- klpd: upgrade, SIGKILL, D-Bus view, replace behind its back (scenario klpd_more) ----------
+
+V1 = {"lpa__vmlinux", "lpa__klpd_target"}
+V2 = {"lpa_v2__vmlinux", "lpa_v2__klpd_target"}
+
+
+def _enabled(step: Step) -> set[str]:
+    """Patches enabled in sysfs after the step, none in transition."""
+    tree = step["livepatch"]
+    assert all(p.get("transition") == "0" for p in tree.values()), tree
+    return {name for name, p in tree.items() if p.get("enabled") == "1"}
+
+
+def _dedup(seq: list[str]) -> list[str]:
+    return [v for i, v in enumerate(seq) if i == 0 or seq[i - 1] != v]
+
+
+def _klpd_log(more_steps: dict[str, Step]) -> str:
+    return str(more_steps["log.first"]["stdout"] + more_steps["log.second"]["stdout"])
+
+
+def _dmesg_between(steps: dict[str, Step], first: str, last: str) -> str:
+    ordered = sorted(steps.values(), key=lambda s: s["n"])
+    lo, hi = steps[first]["n"], steps[last]["n"]
+    return "\n".join(dmesg(s) for s in ordered if lo <= s["n"] <= hi)
+
+
+def test_klpd_pinned_v1_applied(more_steps: dict[str, Step]) -> None:
+    assert more_steps["v1.applied"]["rc"] == 0, out(more_steps["v1.applied"])
+    assert more_steps["v1.wait"]["rc"] == 0
+    assert _enabled(more_steps["v1.value"]) == V1
+    assert more_steps["v1.value"]["stdout"] == "lpa\n"
+    assert more_steps["v1.cmdline"]["stdout"] == "lpa-vmlinux\n"
+
+
+def test_klpd_upgrade_on_sighup_has_no_unpatched_point(more_steps: dict[str, Step]) -> None:
+    """v1 -> v2 on SIGHUP: v2 stacked, then v1 retired; a reader never sees the original."""
+    for name in ("upgrade.applied", "upgrade.retired", "upgrade.wait"):
+        assert more_steps[name]["rc"] == 0, (name, out(more_steps[name]))
+    lines = more_steps["upgrade.samples"]["stdout"].splitlines()
+    total = int(lines[0].split()[1])
+    assert total > 100, lines[0]
+    runs = [re.fullmatch(r"\s*(\d+) (\S+) (.*)", line) for line in lines[1:]]
+    assert all(runs), lines
+    values = [m.group(2) for m in runs if m]
+    cmdlines = [m.group(3) for m in runs if m]
+    assert sum(int(m.group(1)) for m in runs if m) == total
+    assert "original" not in values
+    assert _dedup(values) == ["lpa", "lpa_v2"], lines
+    assert _dedup(cmdlines) == ["lpa-vmlinux", "lpa_v2-vmlinux"], lines  # never the real one
+    # stacked before retired, per object
+    log = _dmesg_between(more_steps, "upgrade.hup", "upgrade.wait")
+    for obj in ("vmlinux", "klpd_target"):
+        assert log.index(f"'lpa_v2__{obj}': patching complete") < log.index(
+            f"'lpa__{obj}': starting unpatching transition"
+        ), log
+    final = more_steps["upgrade.value"]
+    assert _enabled(final) == V2
+    assert not V1 & set(final["modules"])  # retired = removed
+    assert final["stdout"] == "lpa_v2\n"
+    assert more_steps["upgrade.cmdline"]["stdout"] == "lpa_v2-vmlinux\n"
+
+
+def test_klpd_pin_downgrades_on_sighup(more_steps: dict[str, Step]) -> None:
+    for name in ("downgrade.applied", "downgrade.retired", "downgrade.wait"):
+        assert more_steps[name]["rc"] == 0, (name, out(more_steps[name]))
+    assert _enabled(more_steps["downgrade.value"]) == V1
+    assert more_steps["downgrade.value"]["stdout"] == "lpa\n"
+
+
+def test_klpd_converges_after_sigkill_mid_upgrade(more_steps: dict[str, Step]) -> None:
+    assert more_steps["kill.first_load"]["rc"] == 0, out(more_steps["kill.first_load"])
+    assert "load lpa_v2__vmlinux" in more_steps["kill.first_load"]["stdout"]
+    assert more_steps["kill.sigkill"]["stdout"].strip() == "klpd exit 137"
+    # killed mid-plan: v1 not retired yet (how much of v2 was loaded by then depends on how
+    # fast the guest's log poll saw the first load under TCG: one or both modules)
+    at_kill = more_steps["kill.sigkill"]["livepatch"]
+    assert set(at_kill) >= V1 and set(at_kill) & V2, at_kill
+    for name in ("restart.applied", "restart.retired", "restart.wait"):
+        assert more_steps[name]["rc"] == 0, (name, out(more_steps[name]))
+    final = more_steps["restart.value"]
+    assert _enabled(final) == V2
+    assert set(final["livepatch"]) == V2
+    assert {m for m in final["modules"] if "__" in m} == V2
+    assert final["stdout"] == "lpa_v2\n"
+    assert more_steps["restart.cmdline"]["stdout"] == "lpa_v2-vmlinux\n"
+
+
+def test_dbus_and_klpctl_agree_with_sysfs(more_steps: dict[str, Step]) -> None:
+    import json
+
+    state = more_steps["dbus.state"]
+    assert state["rc"] == 0, out(state)
+    assert state["stdout"].strip() == 's "converged"'
+    intro = more_steps["dbus.introspect"]
+    assert intro["rc"] == 0, out(intro)
+    assert re.search(r"^io\.github\.Klpd1\.Manager\s+interface", intro["stdout"], re.M)
+    assert re.search(r'^\.State\s+property\s+s\s+"converged"', intro["stdout"], re.M)
+    assert re.search(r"^\.WaitConverged\s+method", intro["stdout"], re.M)
+    status = more_steps["dbus.status"]
+    assert status["rc"] == 0, out(status)  # 0: converged
+    snap = json.loads(status["stdout"])
+    assert snap["state"] == "converged"
+    mods = [m for p in snap["patches"] for m in p["modules"]]
+    in_sysfs = _enabled(status)
+    assert in_sysfs == V2
+    assert {m["module"] for m in mods if m["enabled"]} == in_sysfs
+    assert {m["module"] for m in mods if m["status"] == "applied"} == in_sysfs
+    assert {m["module"] for m in mods if m["loaded"]} == {m for m in status["modules"] if "__" in m}
+    desired = {p["name"] for p in snap["patches"] if p["desired"]}
+    assert desired == {"lpa_v2"}
+
+
+def test_klpd_undoes_replace_patch_loaded_behind_its_back(more_steps: dict[str, Step]) -> None:
+    import json
+
+    assert more_steps["rep.load"]["rc"] == 0, out(more_steps["rep.load"])
+    noticed = more_steps["rep.noticed"]
+    assert noticed["rc"] == 0, out(noticed)
+    assert (
+        "lpa_v2__klpd_target, lpa_v2__vmlinux were replaced by an atomic-replace patch"
+        in (noticed["stdout"])
+    )
+    for name in ("rep.gone", "rep.restored", "rep.wait"):
+        assert more_steps[name]["rc"] == 0, (name, out(more_steps[name]))
+    final = more_steps["rep.value"]
+    assert _enabled(final) == V2
+    assert set(final["livepatch"]) == V2
+    assert "lprep__vmlinux" not in final["modules"]
+    assert final["stdout"] == "lpa_v2\n"
+    assert more_steps["rep.cmdline"]["stdout"] == "lpa_v2-vmlinux\n"
+    log = _dmesg_between(more_steps, "rep.load", "rep.wait")
+    assert "'lprep__vmlinux': starting unpatching transition" in log
+    assert "enabling patch 'lpa_v2__vmlinux'" in log  # loaded again
+    assert "replaced by an atomic-replace patch" in _klpd_log(more_steps)
+    status = json.loads(more_steps["rep.status"]["stdout"])
+    assert status["state"] == "converged"
+    assert "replaced by an atomic-replace patch" in status["last_error"]
+    lprep = next(p for p in status["patches"] if p["name"] == "lprep")
+    assert lprep["status"] == "refused" and not lprep["modules"][0]["loaded"]
+
+
+def test_klpd_names_the_replace_patch(more_steps: dict[str, Step]) -> None:
+    noticed = more_steps["rep.noticed"]["stdout"]
+    assert "replaced by an atomic-replace patch (lprep__vmlinux)" in noticed
