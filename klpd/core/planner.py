@@ -224,9 +224,7 @@ def plan(
         if patch.name in refused:
             continue
         successors = [
-            n
-            for n in desired
-            if n in catalog.patches and catalog.patches[n].series == patch.series
+            n for n in desired if n in catalog.patches and catalog.patches[n].series == patch.series
         ]
         if any(not complete.get(n, False) for n in successors):
             continue

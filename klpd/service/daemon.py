@@ -189,9 +189,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="klpd", description="Orchestrate split kernel livepatch modules."
     )
-    p.add_argument(
-        "--config", type=Path, help=f"configuration file (default {DEFAULT_PATH})"
-    )
+    p.add_argument("--config", type=Path, help=f"configuration file (default {DEFAULT_PATH})")
     p.add_argument(
         "--check-config", action="store_true", help="validate the configuration and exit"
     )
