@@ -114,7 +114,9 @@ def test_unknown_boot_id_never_quarantines(tmp_path: Path) -> None:
     assert guard(tmp_path, "", clock).quarantined == {}
 
 
-@pytest.mark.parametrize("content", ["{not json", "[]", '{"open": [{"bogus": 1}, 3]}', '{"open": 5, "quarantined": [7]}'])
+@pytest.mark.parametrize(
+    "content", ["{not json", "[]", '{"open": [{"bogus": 1}, 3]}', '{"open": 5, "quarantined": [7]}']
+)
 def test_unreadable_state_is_ignored_with_a_message(
     tmp_path: Path, content: str, caplog: pytest.LogCaptureFixture
 ) -> None:
