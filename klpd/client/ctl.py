@@ -382,8 +382,13 @@ def parse_args(argv: list[str]) -> Args:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["inspect"]:  # no daemon needed; imported here to keep the fast start
+        from klpd.client import inspect
+
+        return inspect.main(argv[1:])
     try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
+        args = parse_args(argv)
     except SystemExit as e:
         return EXIT_USAGE if e.code else 0
     try:

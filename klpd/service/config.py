@@ -389,6 +389,30 @@ class StateConfig(_Section):
         return _absolute(value, "the state directory")
 
 
+class InspectConfig(_Section):
+    """Reading each module's `struct klp_patch` before loading it."""
+
+    undeterminable: Literal["refuse", "warn"] = Field(
+        default="refuse",
+        description="A module whose atomic-replace flag or objects cannot be read from its "
+        "file: `refuse` it, or load it with a `warn`ing (an atomic-replace patch replaces "
+        "every livepatch on the system).",
+    )
+
+
+class BootGuardConfig(_Section):
+    """The boot-loop guard: a module loaded shortly before the machine went down is
+    quarantined (not loaded again until `klpctl enable` clears it)."""
+
+    enabled: bool = Field(default=True, description="Record each load; quarantine on a crash.")
+    grace_period: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds a module must have been applied, with the machine up, before "
+        "its load record is closed.",
+    )
+
+
 class Config(_Section):
     """The whole file; every section is optional."""
 
@@ -404,6 +428,8 @@ class Config(_Section):
     metrics: MetricsConfig = MetricsConfig()
     softdep: SoftdepConfig = SoftdepConfig()
     state: StateConfig = StateConfig()
+    inspect: InspectConfig = InspectConfig()
+    boot_guard: BootGuardConfig = BootGuardConfig()
 
     def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> Config:
         """A copy with ``{"section": {"key": value}}`` applied and validated."""

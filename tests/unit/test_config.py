@@ -51,6 +51,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "metrics": {"textfile": ""},
     "softdep": {"enabled": False, "path": "/run/modprobe.d/klpd.conf"},
     "state": {"directory": "/var/lib/klpd"},
+    "inspect": {"undeterminable": "refuse"},
+    "boot_guard": {"enabled": True, "grace_period": 60.0},
 }
 
 

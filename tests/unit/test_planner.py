@@ -165,8 +165,12 @@ def test_replace_patch_loaded_anyway_goes_first_and_wiped_are_restored() -> None
 def test_refused_at_run_time_is_taken_away() -> None:
     s = state(["ext4"], ["lpa__vmlinux", "lpa__ext4"])
     actions = plan(CAT, s, frozenset({"lpa"}), refused=frozenset({"lpa"}))
-    assert steps(actions) == [(D, "lpa__ext4"), (U, "lpa__ext4"), (D, "lpa__vmlinux"),
-                              (U, "lpa__vmlinux")]
+    assert steps(actions) == [
+        (D, "lpa__ext4"),
+        (U, "lpa__ext4"),
+        (D, "lpa__vmlinux"),
+        (U, "lpa__vmlinux"),
+    ]
 
 
 def test_patch_being_disabled_is_waited_for() -> None:
