@@ -120,6 +120,18 @@ class Event:
 Listener = Callable[[Event], None]
 
 
+@dataclass(slots=True)
+class Counters:
+    """What klpd did since it started (metrics ``klpd_*_total``, ``Describe()``)."""
+
+    transitions: int = 0  # livepatch transitions klpd started: loads and disables
+    failures: int = 0  # loads, disables, removals that failed (a reverted stall included)
+    reconciles: int = 0  # passes of plan-and-act (each runs until the plan is empty)
+    modprobe_calls: int = 0  # modprobe runs, EBUSY retries included
+    rmmod_calls: int = 0  # rmmod runs, "in use" retries included
+    resyncs: int = 0  # full resyncs after lost uevents (netlink overflow)
+
+
 class ControlError(Exception):
     """A request the controller refuses; ``code`` names it (mapped to a D-Bus error)."""
 
@@ -154,6 +166,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "ControlError",
     "Controller",
+    "Counters",
     "Event",
     "EventKind",
     "Listener",

@@ -20,6 +20,7 @@ from klpd.core.status import Event, EventKind, Snapshot
 from klpd.kernel.kstate import livepatch_supported
 from klpd.kernel.udev import ModuleEvent, UdevSource
 from klpd.service.config import DEFAULT_PATH, Config, ConfigError, load_config
+from klpd.service.controls import Control
 from klpd.service.logs import setup_logging
 from klpd.service.orchestrator import Orchestrator
 from klpd.service.sdnotify import Notifier
@@ -51,7 +52,8 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.notifier = Notifier()
-        self.orchestrator = Orchestrator(config, config_loader=self._load_config)
+        self.orchestrator = Orchestrator(config)
+        self.control = Control(self.orchestrator, config_loader=self._load_config)
         self._stop = asyncio.Event()
         self._dbus: object | None = None
         self._status = ""
@@ -69,7 +71,7 @@ class Daemon:
 
     def _on_event(self, ev: Event) -> None:
         if ev.kind is EventKind.STATE_CHANGED:
-            snap = self.orchestrator.snapshot()
+            snap = self.control.snapshot()
             line = status_line(snap)
             if line != self._status:  # the manager reads every datagram: send only news
                 self._status = line
@@ -115,13 +117,13 @@ class Daemon:
         self.notifier.reloading()
         previous = self.config.softdep.path
         try:
-            await self.orchestrator.reload()
+            await self.control.reload()
             setup_logging(self.config.logging.level, self.config.logging.target)
             self._write_softdeps(previous)
             log.info("configuration reloaded")
         except Exception as e:
             log.error("reload failed, keeping the previous configuration: %s", e)
-        self.notifier.ready(status_line(self.orchestrator.snapshot()))
+        self.notifier.ready(status_line(self.control.snapshot()))
 
     async def _watchdog(self, interval: float) -> None:
         # Pinged from the event loop itself: a wedged loop stops the pings.
@@ -132,7 +134,7 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         orch = self.orchestrator
-        orch.subscribe(self._on_event)
+        self.control.subscribe(self._on_event)
         orch.rescan()
         self._write_softdeps()
 
@@ -146,7 +148,7 @@ class Daemon:
         if self.config.dbus.enabled:
             from klpd.dbus.service import start_dbus
 
-            self._dbus = await start_dbus(orch, self.config.dbus.bus)
+            self._dbus = await start_dbus(self.control, self.config.dbus.bus)
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -159,7 +161,7 @@ class Daemon:
         interval = self.notifier.watchdog_interval()
         if interval:
             tasks.append(loop.create_task(self._watchdog(interval), name="watchdog"))
-        self.notifier.ready(status_line(orch.snapshot()))
+        self.notifier.ready(status_line(self.control.snapshot()))
 
         stop_wait = loop.create_task(self._stop.wait())
         await asyncio.wait([stop_wait, runner], return_when=asyncio.FIRST_COMPLETED)

@@ -16,12 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
+from typing import Protocol
 
 from klpd.core.model import BlockingTask
 from klpd.core.status import Event, EventKind, TransitionReport
-from klpd.kernel import kstate
 from klpd.service.config import TransitionConfig
+from klpd.service.port import KernelPort
 
 log = logging.getLogger(__name__)
 
@@ -52,24 +52,26 @@ class Transition:
         )
 
 
+class TransitionSink(Protocol):
+    """Where the watcher reports (the :class:`~klpd.service.reporter.Reporter`): it tells,
+    it never asks back."""
+
+    transition: Transition | None
+
+    def emit(self, event: Event) -> None: ...
+
+    def publish(self) -> None: ...
+
+    def set_error(self, message: str) -> None: ...
+
+
 class TransitionWatcher:
-    """Knows the transition being waited for; tells ``emit`` and ``changed`` as it goes."""
+    """Waits for one transition at a time and reports it to ``sink`` as it goes."""
 
-    def __init__(
-        self,
-        sysfs: Path,
-        proc: Path,
-        emit: Callable[[Event], None],
-        changed: Callable[[], None],
-        report_error: Callable[[str], None],
-    ) -> None:
-        self.sysfs, self.proc = sysfs, proc
-        self._emit, self._changed, self._report_error = emit, changed, report_error
-        self.current: Transition | None = None
-        self.started = 0
+    __slots__ = ("_port", "_sink")
 
-    def in_progress(self, module: str) -> bool:
-        return kstate.transition_in_progress(self.sysfs, module)
+    def __init__(self, port: KernelPort, sink: TransitionSink) -> None:
+        self._port, self._sink = port, sink
 
     async def wait_until(self, cond: Callable[[], bool], timeout: float, interval: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -90,14 +92,14 @@ class TransitionWatcher:
     ) -> tuple[Outcome, Transition]:
         """Until ``transition`` reads 0 (or the stall policy ended it)."""
         t = Transition(module, patch, target_patched, time.time())
-        self.current = t
-        self.started += 1
-        self._emit(Event(EventKind.TRANSITION_STARTED, patch, module, t.report().target))
-        self._changed()
+        sink = self._sink
+        sink.transition = t
+        sink.emit(Event(EventKind.TRANSITION_STARTED, patch, module, t.report().target))
+        sink.publish()
         began = time.monotonic()
         outcome = Outcome.DONE
         try:
-            while self.in_progress(module):
+            while self._port.in_transition(module):
                 waited = time.monotonic() - began
                 if not t.stalled and waited >= cfg.stall_timeout:
                     self._stalled(t, waited)
@@ -106,20 +108,20 @@ class TransitionWatcher:
                         break
                 await asyncio.sleep(cfg.poll_interval)
         finally:
-            self.current = None
-        self._emit(Event(EventKind.TRANSITION_FINISHED, patch, module, outcome.value))
-        self._changed()
+            sink.transition = None
+        sink.emit(Event(EventKind.TRANSITION_FINISHED, patch, module, outcome.value))
+        sink.publish()
         return outcome, t
 
     def _stalled(self, t: Transition, waited: float) -> None:
         t.stalled = True
-        t.blocking = kstate.blocking_tasks(self.proc, t.target_patched)
+        t.blocking = self._port.blocking_tasks(t.target_patched)
         who = ", ".join(f"{b.comm}[{b.pid}]" for b in t.blocking) or "unknown tasks"
         t.stall_message = f"transition of {t.module} stalled for {waited:.1f}s on {who}"
         log.warning(t.stall_message, extra={"MODULE": t.module, "ACTION": "stall"})
-        self._report_error(t.stall_message)
-        self._emit(Event(EventKind.TRANSITION_STALLED, t.patch, t.module, t.stall_message))
-        self._changed()
+        self._sink.set_error(t.stall_message)
+        self._sink.emit(Event(EventKind.TRANSITION_STALLED, t.patch, t.module, t.stall_message))
+        self._sink.publish()
 
     async def _on_stall(self, t: Transition, cfg: TransitionConfig, managed: bool) -> Outcome:
         if cfg.on_stall == "wait" or not managed:
@@ -133,11 +135,11 @@ class TransitionWatcher:
             attr, value = "enabled", "0\n" if t.target_patched else "1\n"
             outcome = Outcome.REVERTED
         try:
-            kstate.write_attr(self.sysfs, t.module, attr, value)
+            self._port.write_attr(t.module, attr, value)
         except OSError as e:  # e.g. EINVAL: it ended by itself just now
             log.error("cannot write %s of %s: %s", attr, t.module, e)
             return Outcome.DONE
         await self.wait_until(
-            lambda: not self.in_progress(t.module), cfg.revert_timeout, cfg.poll_interval
+            lambda: not self._port.in_transition(t.module), cfg.revert_timeout, cfg.poll_interval
         )
         return outcome

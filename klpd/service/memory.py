@@ -1,0 +1,86 @@
+"""What the orchestrator remembers between passes that sysfs cannot tell again.
+
+Everything else is read from the kernel on every pass (that is what makes klpd crash-only);
+this is the rest, each set with its own meaning and its own verbs:
+
+- ``failures``: module -> why its last attempt failed (shown in reports, LastError);
+- ``avoided``: modules whose last load failed; the planner does not try them again until
+  their object comes again, an operator enables the patch, or a reload (``forget``);
+- ``incompatible``: modules built for another kernel (vermagic): never tried;
+- ``refused``: patch -> why klpd will not load it at all (atomic-replace seen at run time,
+  a refusal of a pre-load hook); lasts until klpd restarts;
+- ``pinned``: modules disabled but still referenced (a forced unpatching): they can never be
+  removed, nothing waits for them any more; lasts until reboot (and survives a reload).
+
+Operator overrides are not here: they are persisted (:mod:`klpd.service.overrides`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class Memory:
+    __slots__ = ("avoided", "failures", "incompatible", "pinned", "refused")
+
+    def __init__(self) -> None:
+        self.failures: dict[str, str] = {}
+        self.avoided: set[str] = set()
+        self.incompatible: set[str] = set()
+        self.refused: dict[str, str] = {}
+        self.pinned: set[str] = set()
+
+    # --- modules ----------------------------------------------------------------------
+
+    def record_failure(self, module: str, message: str) -> None:
+        """``module`` failed (to load, to apply, to disable, to unload): say why, and do not
+        load it again until :meth:`retry` or :meth:`forget`."""
+        self.failures[module] = message
+        self.avoided.add(module)
+
+    def record_success(self, module: str) -> None:
+        """``module`` was loaded: its last failure is history."""
+        self.failures.pop(module, None)
+
+    def retry(self, module: str) -> None:
+        """Give a failed module another chance (its object came again)."""
+        self.avoided.discard(module)
+
+    def forget(self, modules: Iterable[str]) -> None:
+        """Everything about these modules (an operator enabled their patch)."""
+        for module in modules:
+            self.avoided.discard(module)
+            self.failures.pop(module, None)
+
+    def forget_failures(self) -> None:
+        """A reload: every failed module gets another chance; a pinned one stays a fact."""
+        self.avoided.clear()
+        self.failures = {k: v for k, v in self.failures.items() if k in self.pinned}
+
+    def mark_incompatible(self, incompatible: dict[str, str]) -> None:
+        """After a catalog scan: module -> why it cannot load on this kernel."""
+        self.incompatible = set(incompatible)
+        self.failures.update(incompatible)
+
+    def pin(self, module: str, message: str) -> bool:
+        """A disabled module that stays referenced for good; True the first time."""
+        if module in self.pinned:
+            return False
+        self.pinned.add(module)
+        self.failures[module] = message
+        return True
+
+    def not_to_load(self) -> frozenset[str]:
+        return frozenset(self.avoided | self.incompatible)
+
+    # --- patches ----------------------------------------------------------------------
+
+    def refuse(self, patch: str, why: str) -> bool:
+        """Never load ``patch`` again (until restart); True the first time."""
+        if patch in self.refused:
+            return False
+        self.refused[patch] = why
+        return True
+
+    def refused_patches(self) -> frozenset[str]:
+        return frozenset(self.refused)

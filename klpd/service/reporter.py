@@ -1,0 +1,112 @@
+"""The reporter: what klpd tells the world — the state snapshot (``Describe()``), events
+(D-Bus signals, sd_notify STATUS=, metrics), the last error and the running transition.
+
+It reads what the loop believes (:class:`Picture`) and what it remembers (:class:`Memory`);
+it never decides anything. Listeners hear every event; ``STATE_CHANGED`` only when something
+they can see changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from klpd.core.model import Action, BlockingTask, Catalog, KernelState, OverallState
+from klpd.core.planner import Selection
+from klpd.core.report import build_snapshot, overall_state
+from klpd.core.status import Event, EventKind, Listener, Snapshot
+from klpd.service.memory import Memory
+from klpd.service.port import KernelPort
+from klpd.service.transition import Transition
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Picture:
+    """What the loop currently believes; the orchestrator writes it, the reporter reads it."""
+
+    release: str
+    catalog: Catalog = field(default_factory=Catalog)
+    selection: Selection = field(default_factory=lambda: Selection(frozenset(), {}))
+    state: KernelState = field(default_factory=lambda: KernelState(release=""))
+    pending: list[Action] = field(default_factory=list)
+    last_reconcile: float = 0.0  # unix time; 0 until the first pass ended
+    requested: asyncio.Event = field(default_factory=asyncio.Event)  # a pass is asked for
+
+
+class Reporter:
+    __slots__ = (
+        "_listeners",
+        "_memory",
+        "_picture",
+        "_port",
+        "_snapshot",
+        "last_error",
+        "transition",
+    )
+
+    def __init__(self, picture: Picture, memory: Memory, port: KernelPort) -> None:
+        self._picture, self._memory, self._port = picture, memory, port
+        self._listeners: list[Listener] = []
+        self._snapshot: Snapshot | None = None
+        self.last_error = ""
+        self.transition: Transition | None = None  # the one being waited for
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def emit(self, event: Event) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener failed on %s", event.kind)
+
+    def set_error(self, message: str) -> None:
+        self.last_error = message
+
+    def snapshot(self) -> Snapshot:
+        if self._snapshot is None:
+            self._snapshot = self._build()
+        return self._snapshot
+
+    def publish(self) -> None:
+        """Recompute the snapshot; tell listeners when anything they can see changed."""
+        before = self._snapshot
+        self._snapshot = self._build()
+        if before is None or before.to_dict() != self._snapshot.to_dict():
+            self.emit(Event(EventKind.STATE_CHANGED, detail=self._snapshot.state.value))
+
+    def blocking_tasks(self) -> tuple[BlockingTask, ...]:
+        t = self.transition
+        return () if t is None else self._port.blocking_tasks(t.target_patched)
+
+    def _build(self) -> Snapshot:
+        pic, mem, current = self._picture, self._memory, self.transition
+        overall = overall_state(
+            supported=self._port.supported(),
+            pending=pic.pending,
+            state=pic.state,
+            failures=mem.failures,
+            stalled=bool(current and current.stalled),
+        )
+        busy = current is not None or pic.requested.is_set() or not pic.last_reconcile
+        if busy and overall in (OverallState.CONVERGED, OverallState.DEGRADED):
+            overall = OverallState.CONVERGING
+        return build_snapshot(
+            catalog=pic.catalog,
+            state=pic.state,
+            desired=pic.selection.desired,
+            notes=pic.selection.notes,
+            refused=mem.refused_patches(),
+            pending=pic.pending,
+            failures=mem.failures,
+            transition=current.report() if current else None,
+            overall=overall,
+            last_error=self.last_error,
+            last_reconcile=pic.last_reconcile,
+        )
