@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,7 +30,17 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusSignature
 from dbus_fast.service import ServiceInterface, dbus_method
 
-from klpd.core.model import BlockingTask, OverallState
+from klpd.core.model import (
+    Action,
+    ActionKind,
+    BlockingTask,
+    Catalog,
+    OverallState,
+    Patch,
+    PatchModule,
+    Reason,
+)
+from klpd.core.preview import PlanPreview
 from klpd.core.status import (
     ControlError,
     Event,
@@ -184,6 +194,14 @@ def sample_snapshot(state: OverallState = OverallState.CONVERGING) -> Snapshot:
     )
 
 
+def sample_preview() -> PlanPreview:
+    """A dry run that loads lpc after a rescan."""
+    main = PatchModule("lpc__vmlinux", "lpc", "vmlinux", "/lib/modules/x/lpc__vmlinux.ko")
+    catalog = Catalog({"lpc": Patch("lpc", {"vmlinux": main}, "lpc", 1)})
+    load = Action(ActionKind.LOAD, "lpc__vmlinux", "lpc", "vmlinux", Reason.MAIN_FIRST)
+    return PlanPreview(True, (load,), frozenset({"lpc"}), {}, catalog, "")
+
+
 BLOCKING = (BlockingTask(4242, "sleepy", 0, "[<0>] do_nanosleep+0x1/0x2"),)
 
 
@@ -198,6 +216,7 @@ class FakeController:
     fail_with: ControlError | None = None
     _converged: asyncio.Event = field(default_factory=asyncio.Event)
     waiting: asyncio.Event = field(default_factory=asyncio.Event)  # a WaitConverged is in
+    preview: PlanPreview = field(default_factory=lambda: sample_preview())
 
     def snapshot(self) -> Snapshot:
         return self.snap
@@ -238,6 +257,20 @@ class FakeController:
 
     async def disable_patch(self, name: str) -> None:
         await self._record("disable", name)
+
+    async def wait_settled(self, timeout: float) -> OverallState:
+        if await self.wait_converged(timeout) or self.snap.state is not OverallState.CONVERGING:
+            return self.snap.state
+        return OverallState.CONVERGING
+
+    def plan_preview(
+        self, *, rescan: bool = False, enable: Sequence[str] = (), disable: Sequence[str] = ()
+    ) -> PlanPreview:
+        self.calls.append(("plan", f"rescan={rescan} enable={enable} disable={disable}"))
+        unknown = [n for n in (*enable, *disable) if self.snap.patch(n) is None]
+        if unknown:
+            raise ControlError("unknown-patch", f"no installed patch named {unknown[0]!r}")
+        return self.preview
 
     async def wait_converged(self, timeout: float) -> bool:
         self.waiting.set()

@@ -89,6 +89,45 @@ class Client:
         except MalformedJSON as e:
             raise Failure(EXIT_FAILED, str(e)) from None
 
+    def wait_for_name(self, deadline: float) -> bool:
+        """True once klpd owns its bus name (at once, or by NameOwnerChanged before
+        ``deadline``); False if it did not appear in time."""
+        rule = (
+            "type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',"
+            f"arg0='{names.BUS_NAME}'"
+        )
+        if self._has_owner():
+            return True
+        self.conn.add_match(rule)  # before asking again: a start in between is not lost
+        if self._has_owner():
+            return True
+        while (left := deadline - time.monotonic()) > 0:
+            sig = self.conn.next_signal(left)
+            if sig is not None and sig.member == "NameOwnerChanged" and sig.body[2]:
+                return True
+        return False
+
+    def _has_owner(self) -> bool:
+        try:
+            reply = self.conn.call(
+                "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                "NameHasOwner", "s", (names.BUS_NAME,),
+            )  # fmt: skip
+        except (CallError, WireError, OSError) as e:
+            raise Failure(EXIT_NOT_RUNNING, f"lost the bus at {self.address}: {e}") from None
+        return bool(reply[0])
+
+    def wait_settled(self, seconds: float) -> str:
+        """klpd's state once it has nothing left to do, or "converging" at the timeout."""
+        try:
+            return str(self.call("WaitSettled", "d", seconds, timeout=seconds + 30)[0])
+        except Failure as e:
+            if "UnknownMethod" not in str(e):
+                raise
+        # an older klpd: WaitConverged said true once idle, whatever the result
+        (settled,) = self.call("WaitConverged", "d", seconds, timeout=seconds + 30)
+        return str(self.describe()["state"]) if settled else "converging"
+
     def describe(self) -> dict[str, Any]:
         return self.describe_text()[1]
 
@@ -104,6 +143,8 @@ def _failure_of(e: CallError, address: str) -> Failure:
         return Failure(EXIT_PERMISSION, f"permission denied: {e.message}")
     if e.name in _INVALID:
         return Failure(EXIT_USAGE, e.message)
+    if e.name == "org.freedesktop.DBus.Error.NoReply" and "disconnected" in e.message:
+        return Failure(EXIT_NOT_RUNNING, f"klpd went away: {e.message}")
     if e.name == "org.freedesktop.DBus.Error.NoReply":
         return Failure(EXIT_FAILED, f"klpd did not answer: {e.message}")
     return Failure(EXIT_FAILED, f"{e.name.removeprefix(names.ERROR_PREFIX)}: {e.message}")
@@ -112,7 +153,9 @@ def _failure_of(e: CallError, address: str) -> Failure:
 class Args:
     """The parsed command line (from :func:`parse_fast`, or argparse as a fallback)."""
 
-    __slots__ = ("bus", "count", "debug", "json", "patch", "timeout", "verb")
+    __slots__ = (
+        "bus", "count", "debug", "disable", "enable", "json", "patch", "rescan", "timeout", "verb"
+    )  # fmt: skip
 
     def __init__(self, verb: str, **values: Any) -> None:
         self.verb = verb
@@ -122,6 +165,9 @@ class Args:
         self.patch: str = values.get("patch") or ""
         self.timeout: float = values.get("timeout", WAIT_DEFAULT)
         self.count: int | None = values.get("count")
+        self.rescan: bool = bool(values.get("rescan"))
+        self.enable: list[str] = list(values.get("enable") or [])
+        self.disable: list[str] = list(values.get("disable") or [])
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Args) and all(
@@ -180,12 +226,47 @@ def cmd_blocking(c: Client, a: Args) -> int:
 def cmd_wait(c: Client, a: Args) -> int:
     if not 0 <= a.timeout <= names.WAIT_MAX_SECONDS:
         raise Failure(EXIT_USAGE, f"--timeout must be 0..{names.WAIT_MAX_SECONDS:.0f} s")
-    (converged,) = c.call("WaitConverged", "d", float(a.timeout), timeout=a.timeout + 30)
-    if converged:
-        return EXIT_CONVERGED
-    state = c.describe()["state"]
-    print(f"klpctl: not converged after {a.timeout:g} s (state: {state})", file=sys.stderr)
-    return EXIT_CONVERGING
+    deadline = time.monotonic() + a.timeout
+    while True:
+        # klpd may be starting (early boot, a restart): wait for its name, within the timeout
+        if not c.wait_for_name(deadline):
+            raise Failure(
+                EXIT_NOT_RUNNING, f"klpd did not appear on {c.address} within {a.timeout:g} s"
+            )
+        left = max(0.0, deadline - time.monotonic())
+        try:
+            state = c.wait_settled(left)
+        except Failure as e:
+            if e.code == EXIT_NOT_RUNNING and time.monotonic() < deadline:
+                continue  # klpd went away while we waited: wait for the next one
+            raise
+        if state == "converging":
+            print(f"klpctl: not converged after {a.timeout:g} s (state: converging)", file=sys.stderr)
+        elif state != "converged":
+            print(f"klpctl: klpd settled {state}", file=sys.stderr)
+        return EXIT_BY_STATE.get(state, EXIT_FAILED)
+
+
+def cmd_plan(c: Client, a: Args) -> int:
+    options: dict[str, tuple[str, Any]] = {}
+    if a.rescan:
+        options["rescan"] = ("b", True)
+    if a.enable:
+        options["enable"] = ("as", a.enable)
+    if a.disable:
+        options["disable"] = ("as", a.disable)
+    text = c.call("Plan", "a{sv}", options)[0]
+    if a.json:
+        print(text)
+        return 0
+    plan = c.loads(text)
+    if plan["transition"]:
+        print(f"(a transition of {plan['transition']} is running: klpd waits for it first)")
+    if not plan["actions"]:
+        print("nothing to do")
+    for action in plan["actions"]:
+        print(action["text"])
+    return 0
 
 
 def _change(member: str, *args: str) -> Callable[[Client, Args], int]:
@@ -239,6 +320,7 @@ VERBS: dict[str, Callable[[Client, Args], int]] = {
     "show": cmd_show,
     "blocking": cmd_blocking,
     "wait": cmd_wait,
+    "plan": cmd_plan,
     "reload": _change("Reload"),
     "enable": _change("EnablePatch", "patch"),
     "disable": _change("DisablePatch", "patch"),
@@ -334,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
         "list": "patches with their modules and per-object state",
         "show": "one patch in detail",
         "blocking": "tasks blocking the current transition, with kernel stacks",
-        "wait": "wait until converged (for rollout scripts)",
+        "wait": "wait until klpd settles; exit with its state's code (for rollout gates)",
+        "plan": "what a reconcile would do now, in order, with reasons; does none of it",
         "reload": "rescan the patch catalog and reconcile (root or polkit)",
         "enable": "make a disabled patch desired again (root or polkit)",
         "disable": "retire a patch and keep it retired (root or polkit)",
@@ -353,6 +436,17 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="S",
                 help=f"give up after S seconds (default {WAIT_DEFAULT:g})",
             )
+        if verb == "plan":
+            p.add_argument(
+                "--rescan", action="store_true", help="as after a rescan of the catalog (reload)"
+            )
+            for what in ("enable", "disable"):
+                p.add_argument(
+                    f"--{what}",
+                    action="append",
+                    metavar="PATCH",
+                    help=f"as after 'klpctl {what} PATCH' (repeatable)",
+                )
         if verb == "monitor":
             p.add_argument(
                 "--count", type=int, default=None, metavar="N", help="exit after N events"

@@ -76,6 +76,23 @@ def _patch_status(desired: bool, note: str, mods: Sequence[ModuleReport]) -> Pat
     return PatchStatus.PENDING
 
 
+def current_failures(
+    failures: Mapping[str, str],
+    catalog: Catalog,
+    desired: frozenset[str],
+    forced: set[str] | frozenset[str],
+) -> dict[str, str]:
+    """The failures that still say something about the host: those of desired patches'
+    modules, of modules klpd does not know (yet), and of forced modules (they stay loaded
+    for good). A retired or disabled patch's failures stay in its report as history."""
+    managed = catalog.by_module()
+    return {
+        module: error
+        for module, error in failures.items()
+        if module in forced or module not in managed or managed[module].patch in desired
+    }
+
+
 def overall_state(
     *,
     supported: bool,

@@ -9,12 +9,13 @@ The JSON of :meth:`Snapshot.to_json` is the schema of ``Describe()`` and of
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
 from klpd.core.model import BlockingTask, OverallState
+from klpd.core.preview import PlanPreview
 
 SCHEMA_VERSION = 1
 
@@ -159,7 +160,17 @@ class Controller(Protocol):
     async def disable_patch(self, name: str) -> None:
         """Operator disable: retire the patch and keep it retired (persisted)."""
 
-    async def wait_converged(self, timeout: float) -> bool: ...
+    async def wait_converged(self, timeout: float) -> bool:
+        """True once settled converged; False if settled otherwise or timed out."""
+
+    async def wait_settled(self, timeout: float) -> OverallState:
+        """The state once nothing is left to do, or CONVERGING after ``timeout`` s."""
+
+    def plan_preview(
+        self, *, rescan: bool = False, enable: Sequence[str] = (), disable: Sequence[str] = ()
+    ) -> PlanPreview:
+        """What a reconcile would do now (or after rescan/enable/disable); does none of it.
+        Raises ControlError("unknown-patch") for a name the catalog lacks."""
 
 
 __all__ = [

@@ -24,6 +24,7 @@ from dbus_fast import (
     MessageType,
     NameFlag,
     RequestNameReply,
+    Variant,
 )
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusBool, DBusDouble, DBusSignature, DBusStr, DBusUInt32
@@ -52,6 +53,8 @@ BlockingWire = tuple[int, str, int, str]
 # dbus-fast reads "-> None" as a type, not as "no out arguments"
 NoReply = Annotated[None, DBusSignature("")]
 SignalBody = Annotated[list[str], DBusSignature("sss")]
+PlanOptions = Annotated[dict[str, Variant], DBusSignature("a{sv}")]
+_PLAN_OPTIONS = {"rescan": "b", "enable": "as", "disable": "as"}
 
 
 # Anyone may call WaitConverged, and each call holds a coroutine for up to an hour: bound
@@ -92,6 +95,23 @@ def _valid_patch(name: str) -> str:
         return validate_patch_name(name)
     except NameError_ as e:
         raise InvalidArgument(str(e)) from None
+
+
+def _plan_options(options: dict[str, Variant]) -> tuple[bool, list[str], list[str]]:
+    """Plan()'s options: ``rescan`` (b), ``enable`` and ``disable`` (as); nothing else."""
+    unknown = set(options) - set(_PLAN_OPTIONS)
+    if unknown:
+        raise InvalidArgument(f"unknown Plan() options: {', '.join(sorted(unknown))}")
+    for key, value in options.items():
+        if value.signature != _PLAN_OPTIONS[key]:
+            raise InvalidArgument(
+                f"Plan() option {key!r} must be of type {_PLAN_OPTIONS[key]!r}, "
+                f"not {value.signature!r}"
+            )
+    rescan = bool(options["rescan"].value) if "rescan" in options else False
+    enable = [_valid_patch(n) for n in options["enable"].value] if "enable" in options else []
+    disable = [_valid_patch(n) for n in options["disable"].value] if "disable" in options else []
+    return rescan, enable, disable
 
 
 def _valid_timeout(timeout: float) -> float:
@@ -190,12 +210,30 @@ class ManagerInterface(ServiceInterface):
 
     @dbus_method()
     async def WaitConverged(self, timeout: DBusDouble) -> DBusBool:
+        # version 1's member: true only when klpd settled *converged* (WaitSettled says which)
+        return await self._wait("WaitConverged", self._controller.wait_converged, timeout)
+
+    @dbus_method()
+    async def WaitSettled(self, timeout: DBusDouble) -> DBusStr:
+        state = await self._wait("WaitSettled", self._controller.wait_settled, timeout)
+        return state.value
+
+    @dbus_method()
+    def Plan(self, options: PlanOptions) -> DBusStr:
+        rescan, enable, disable = _plan_options(options)
+        try:
+            preview = self._controller.plan_preview(rescan=rescan, enable=enable, disable=disable)
+        except Exception as e:
+            raise to_dbus_error(e, "Plan") from None
+        return json.dumps(preview.to_dict(), sort_keys=True)
+
+    async def _wait(self, what: str, wait: Callable[[float], Awaitable[T]], timeout: float) -> T:
         seconds = _valid_timeout(timeout)
         if self._waiters >= self.max_waiters:
-            raise Busy(f"{self._waiters} WaitConverged calls already waiting; try again later")
+            raise Busy(f"{self._waiters} wait calls already waiting; try again later")
         self._waiters += 1
         try:
-            return await self._call("WaitConverged", self._controller.wait_converged(seconds))
+            return await self._call(what, wait(seconds))
         finally:
             self._waiters -= 1
 

@@ -5,12 +5,14 @@ request is validated, delegated to the orchestrator's pieces, answered. No loop 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from klpd.core.model import BlockingTask
+from klpd.core.model import BlockingTask, OverallState
+from klpd.core.preview import PlanPreview, UnknownPatches, preview
+from klpd.core.preview import Selection as PatchSelection
 from klpd.core.status import ControlError, Listener, Snapshot
 from klpd.service.config import Config
-from klpd.service.orchestrator import Orchestrator
+from klpd.service.orchestrator import Orchestrator, incompatible_modules
 
 
 class Control:
@@ -61,9 +63,42 @@ class Control:
         orch.reselect()
         orch.request_reconcile(f"disable {name}")
 
-    async def wait_converged(self, timeout: float) -> bool:
+    async def wait_settled(self, timeout: float) -> OverallState:
+        """The state once a pass ended with nothing to do (converged, degraded, failed), or
+        ``converging`` after ``timeout`` seconds."""
         try:
             await asyncio.wait_for(self._orch.converged.wait(), timeout)
         except TimeoutError:
-            return False
-        return True
+            return OverallState.CONVERGING
+        return self.snapshot().state
+
+    async def wait_converged(self, timeout: float) -> bool:
+        return await self.wait_settled(timeout) is OverallState.CONVERGED
+
+    def plan_preview(
+        self, *, rescan: bool = False, enable: Sequence[str] = (), disable: Sequence[str] = ()
+    ) -> PlanPreview:
+        """What a reconcile would do now (after a rescan, after enable/disable), doing none
+        of it: a rescan is scanned into a copy; nothing the orchestrator holds changes."""
+        orch, mem = self._orch, self._orch.memory
+        catalog, avoid, incompatible = orch.catalog, set(mem.avoided), set(mem.incompatible)
+        if rescan:
+            catalog = orch.scan_only()
+            avoid = set()  # what a reload forgets
+            incompatible = set(incompatible_modules(catalog, orch.picture.release))
+        p = orch.config.patches
+        try:
+            return preview(
+                catalog,
+                orch.read_state(),
+                selection=PatchSelection(p.desired, p.exclude, p.pin),
+                disabled=frozenset(orch.overrides.disabled),
+                refused=mem.refused_patches(),
+                avoid=frozenset(avoid | incompatible),
+                policy=orch.config.policy.on_object_removed,
+                rescan=rescan,
+                enable=enable,
+                disable=disable,
+            )
+        except UnknownPatches as e:
+            raise ControlError("unknown-patch", str(e)) from None

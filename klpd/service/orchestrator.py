@@ -121,6 +121,10 @@ class Orchestrator:
         self.reselect()
         return catalog
 
+    def scan_only(self) -> Catalog:
+        """The catalog as a rescan would find it, without adopting it (a dry run's)."""
+        return self._scan(self._catalog_dirs, self.picture.catalog)
+
     def reselect(self) -> None:
         """Which patches are desired, from the configuration, the operator's vetoes and the
         refusals."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from klpd.core.model import Action, BlockingTask, Catalog, KernelState, OverallState
 from klpd.core.planner import Selection
-from klpd.core.report import build_snapshot, overall_state
+from klpd.core.report import build_snapshot, current_failures, overall_state
 from klpd.core.status import Event, EventKind, Listener, Snapshot
 from klpd.service.memory import Memory
 from klpd.service.port import KernelPort
@@ -91,7 +91,11 @@ class Reporter:
             supported=self._port.supported(),
             pending=pic.pending,
             state=pic.state,
-            failures=mem.failures,
+            # a patch no longer desired (rolled back, superseded) keeps its failures in its
+            # report as history, but they no longer make the host degraded
+            failures=current_failures(
+                mem.failures, pic.catalog, pic.selection.desired, mem.pinned
+            ),
             stalled=bool(current and current.stalled),
         )
         busy = current is not None or pic.requested.is_set() or not pic.last_reconcile
