@@ -241,7 +241,8 @@ def cmd_wait(c: Client, a: Args) -> int:
                 continue  # klpd went away while we waited: wait for the next one
             raise
         if state == "converging":
-            print(f"klpctl: not converged after {a.timeout:g} s (state: converging)", file=sys.stderr)
+            message = f"not converged after {a.timeout:g} s (state: converging)"
+            print(f"klpctl: {message}", file=sys.stderr)
         elif state != "converged":
             print(f"klpctl: klpd settled {state}", file=sys.stderr)
         return EXIT_BY_STATE.get(state, EXIT_FAILED)
