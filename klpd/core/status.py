@@ -78,6 +78,18 @@ class TransitionReport:
     blocking: tuple[BlockingTask, ...] = ()
 
 
+@dataclass(slots=True)
+class Counters:
+    """What klpd did since it started (metrics ``klpd_*_total``, ``Describe()``)."""
+
+    transitions: int = 0  # livepatch transitions klpd started: loads and disables
+    failures: int = 0  # loads, disables, removals that failed (a reverted stall included)
+    reconciles: int = 0  # passes of plan-and-act (each runs until the plan is empty)
+    modprobe_calls: int = 0  # modprobe runs, EBUSY retries included
+    rmmod_calls: int = 0  # rmmod runs, "in use" retries included
+    resyncs: int = 0  # full resyncs after lost uevents (netlink overflow)
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     state: OverallState
@@ -88,6 +100,7 @@ class Snapshot:
     last_error: str = ""
     last_reconcile: float = 0.0  # unix time
     foreign_livepatches: tuple[str, ...] = ()  # livepatches klpd does not manage
+    counters: Counters = field(default_factory=Counters)  # a copy, taken when asked for
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,17 +133,6 @@ class Event:
 
 Listener = Callable[[Event], None]
 
-
-@dataclass(slots=True)
-class Counters:
-    """What klpd did since it started (metrics ``klpd_*_total``, ``Describe()``)."""
-
-    transitions: int = 0  # livepatch transitions klpd started: loads and disables
-    failures: int = 0  # loads, disables, removals that failed (a reverted stall included)
-    reconciles: int = 0  # passes of plan-and-act (each runs until the plan is empty)
-    modprobe_calls: int = 0  # modprobe runs, EBUSY retries included
-    rmmod_calls: int = 0  # rmmod runs, "in use" retries included
-    resyncs: int = 0  # full resyncs after lost uevents (netlink overflow)
 
 
 class ControlError(Exception):

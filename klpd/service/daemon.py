@@ -86,12 +86,8 @@ class Daemon:
             return
         from klpd.service.metrics import render_metrics, write_textfile
 
-        c = self.orchestrator.counters
         try:
-            write_textfile(
-                Path(path),
-                render_metrics(snap, transitions_total=c.transitions, failures_total=c.failures),
-            )
+            write_textfile(Path(path), render_metrics(snap))
         except OSError as e:
             log.warning("cannot write metrics to %s: %s", path, e)
 

@@ -49,8 +49,43 @@ def _family(
     ]
 
 
-def render_metrics(snapshot: Snapshot, *, transitions_total: int, failures_total: int) -> str:
-    """The Prometheus text exposition of ``snapshot`` and the daemon's counters."""
+COUNTERS: tuple[tuple[str, str, str], ...] = (
+    # (metric, Counters field, help)
+    (
+        "klpd_transitions_total",
+        "transitions",
+        "Livepatch transitions started by klpd (loads and disables) since it started.",
+    ),
+    (
+        "klpd_failures_total",
+        "failures",
+        "Module loads, disables and removals that failed since klpd started.",
+    ),
+    (
+        "klpd_reconciles_total",
+        "reconciles",
+        "Reconcile passes (plan, act, until nothing is left to do) since klpd started.",
+    ),
+    (
+        "klpd_modprobe_calls_total",
+        "modprobe_calls",
+        "modprobe runs (EBUSY retries included) since klpd started.",
+    ),
+    (
+        "klpd_rmmod_calls_total",
+        "rmmod_calls",
+        "rmmod runs (retries included) since klpd started.",
+    ),
+    (
+        "klpd_resyncs_total",
+        "resyncs",
+        "Full resyncs after lost uevents (netlink overflow) since klpd started.",
+    ),
+)
+
+
+def render_metrics(snapshot: Snapshot) -> str:
+    """The Prometheus text exposition of ``snapshot``, its counters included."""
     transition = snapshot.transition
     lines = [
         *_family(
@@ -95,17 +130,12 @@ def render_metrics(snapshot: Snapshot, *, transitions_total: int, failures_total
             "1 while the running transition is stalled past transition.stall_timeout.",
             [({}, int(transition is not None and transition.stalled))],
         ),
-        *_family(
-            "klpd_transitions_total",
-            "counter",
-            "Livepatch transitions started by klpd since it started.",
-            [({}, transitions_total)],
-        ),
-        *_family(
-            "klpd_failures_total",
-            "counter",
-            "Module loads, disables and removals that failed since klpd started.",
-            [({}, failures_total)],
+        *(
+            line
+            for metric, name, help_text in COUNTERS
+            for line in _family(
+                metric, "counter", help_text, [({}, getattr(snapshot.counters, name))]
+            )
         ),
         *_family(
             "klpd_last_reconcile_timestamp_seconds",

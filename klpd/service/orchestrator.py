@@ -74,7 +74,7 @@ class Orchestrator:
         self.memory = Memory()
         self.guard = ReplaceGuard()
         self.picture = Picture(release=release, state=KernelState(release=release))
-        self.reporter = Reporter(self.picture, self.memory, self._port)
+        self.reporter = Reporter(self.picture, self.memory, self._port, self.counters)
         self.books = Bookkeeper(self.memory, self.guard, self.reporter, self.counters, hooks)
         self._watcher = TransitionWatcher(self._port, self.reporter)
         self.executor = Executor(

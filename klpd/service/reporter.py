@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from klpd.core.model import Action, BlockingTask, Catalog, KernelState, OverallState
 from klpd.core.planner import Selection
 from klpd.core.report import build_snapshot, current_failures, overall_state
-from klpd.core.status import Event, EventKind, Listener, Snapshot
+from klpd.core.status import Counters, Event, EventKind, Listener, Snapshot
 from klpd.service.memory import Memory
 from klpd.service.port import KernelPort
 from klpd.service.transition import Transition
@@ -39,6 +39,8 @@ class Picture:
 
 class Reporter:
     __slots__ = (
+        "_counted",
+        "_counters",
         "_listeners",
         "_memory",
         "_picture",
@@ -48,8 +50,13 @@ class Reporter:
         "transition",
     )
 
-    def __init__(self, picture: Picture, memory: Memory, port: KernelPort) -> None:
+    def __init__(
+        self, picture: Picture, memory: Memory, port: KernelPort, counters: Counters | None = None
+    ) -> None:
         self._picture, self._memory, self._port = picture, memory, port
+        self._counters = counters or Counters()
+        # (the published snapshot, it with the counters): Describe() may be called often
+        self._counted: tuple[Snapshot | None, Snapshot | None] = (None, None)
         self._listeners: list[Listener] = []
         self._snapshot: Snapshot | None = None
         self.last_error = ""
@@ -70,9 +77,15 @@ class Reporter:
         self.last_error = message
 
     def snapshot(self) -> Snapshot:
+        """The state as last published, with the counters as they are now (counters alone
+        never make a ``STATE_CHANGED``: a resync or a retry is no news to a listener)."""
         if self._snapshot is None:
             self._snapshot = self._build()
-        return self._snapshot
+        base, counted = self._counted
+        if base is not self._snapshot or counted is None or counted.counters != self._counters:
+            counted = replace(self._snapshot, counters=replace(self._counters))
+            self._counted = (self._snapshot, counted)
+        return counted
 
     def publish(self) -> None:
         """Recompute the snapshot; tell listeners when anything they can see changed."""

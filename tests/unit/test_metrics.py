@@ -11,6 +11,7 @@ import pytest
 
 from klpd.core.model import OverallState
 from klpd.core.status import (
+    Counters,
     ModuleReport,
     ModuleStatus,
     PatchReport,
@@ -85,7 +86,10 @@ def snapshot(**kw: object) -> Snapshot:
 
 
 def test_format() -> None:
-    samples, types = parse(render_metrics(snapshot(), transitions_total=7, failures_total=2))
+    counters = Counters(
+        transitions=7, failures=2, reconciles=3, modprobe_calls=9, rmmod_calls=1, resyncs=4
+    )
+    samples, types = parse(render_metrics(snapshot(counters=counters)))
     assert types == {
         "klpd_state": "gauge",
         "klpd_patch_status": "gauge",
@@ -94,6 +98,10 @@ def test_format() -> None:
         "klpd_transition_stalled": "gauge",
         "klpd_transitions_total": "counter",
         "klpd_failures_total": "counter",
+        "klpd_reconciles_total": "counter",
+        "klpd_modprobe_calls_total": "counter",
+        "klpd_rmmod_calls_total": "counter",
+        "klpd_resyncs_total": "counter",
         "klpd_last_reconcile_timestamp_seconds": "gauge",
     }
     assert {lb["state"]: v for lb, v in samples["klpd_state"]} == {
@@ -112,25 +120,23 @@ def test_format() -> None:
     ]
     assert samples["klpd_transitions_total"] == [({}, 7)]
     assert samples["klpd_failures_total"] == [({}, 2)]
+    assert samples["klpd_reconciles_total"] == [({}, 3)]
+    assert samples["klpd_modprobe_calls_total"] == [({}, 9)]
+    assert samples["klpd_rmmod_calls_total"] == [({}, 1)]
+    assert samples["klpd_resyncs_total"] == [({}, 4)]
     assert samples["klpd_last_reconcile_timestamp_seconds"] == [({}, 1764086400.25)]
     assert samples["klpd_transition_in_progress"] == [({}, 0)]
 
 
 def test_transition_gauges() -> None:
     t = TransitionReport(module="lpa__ext4", target="patched", started_at=1.0, stalled=True)
-    samples, _ = parse(
-        render_metrics(snapshot(transition=t), transitions_total=0, failures_total=0)
-    )
+    samples, _ = parse(render_metrics(snapshot(transition=t)))
     assert samples["klpd_transition_in_progress"] == [({}, 1)]
     assert samples["klpd_transition_stalled"] == [({}, 1)]
 
 
 def test_empty_snapshot() -> None:
-    text = render_metrics(
-        Snapshot(state=OverallState.CONVERGED, kernel_release="6.1"),
-        transitions_total=0,
-        failures_total=0,
-    )
+    text = render_metrics(Snapshot(state=OverallState.CONVERGED, kernel_release="6.1"))
     samples, types = parse(text)
     assert "klpd_patch_status" in types and "klpd_patch_status" not in samples
     assert samples["klpd_last_reconcile_timestamp_seconds"] == [({}, 0)]
@@ -143,7 +149,7 @@ def test_label_values_are_escaped() -> None:
             PatchReport(name=odd, status=PatchStatus.FAILED, desired=True, series="", version=1),
         )
     )
-    samples, _ = parse(render_metrics(s, transitions_total=0, failures_total=0))
+    samples, _ = parse(render_metrics(s))
     assert samples["klpd_patch_status"] == [({"patch": odd, "status": "failed"}, 1)]
 
 

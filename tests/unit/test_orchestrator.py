@@ -4,6 +4,7 @@ transitions end after a fixed number of polls)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from klpd.core.status import ControlError, Event, EventKind, ModuleStatus, Patch
 from klpd.service.bookkeeper import LoadHook
 from klpd.service.config import Config
 from klpd.service.controls import Control
+from klpd.service.metrics import render_metrics
 from klpd.service.orchestrator import Orchestrator
 
 RELEASE = "6.1.0-test"
@@ -327,6 +329,20 @@ async def test_counters_mean_what_they_say(tmp_path: Path) -> None:
     c = w.orch.counters
     assert (c.transitions, c.modprobe_calls, c.rmmod_calls) == (3, 3, 1)
     assert (c.reconciles, c.resyncs, c.failures) == (2, 1, 0)
+    # exported as they are: in Describe() ...
+    described = json.loads(w.control.snapshot().to_json())["counters"]
+    assert described == {
+        "transitions": 3,
+        "failures": 0,
+        "reconciles": 2,
+        "modprobe_calls": 3,
+        "rmmod_calls": 1,
+        "resyncs": 1,
+    }
+    # ... and in the metrics
+    text = render_metrics(w.control.snapshot())
+    assert "klpd_transitions_total 3\n" in text and "klpd_resyncs_total 1\n" in text
+    assert "klpd_modprobe_calls_total 3\n" in text and "klpd_rmmod_calls_total 1\n" in text
 
 
 async def test_operator_disable_and_enable(tmp_path: Path) -> None:
