@@ -52,6 +52,7 @@ from klpd.core.status import (
     PatchStatus,
     Snapshot,
     TransitionReport,
+    UnknownPatchError,
 )
 from klpd.dbus.service import DbusService
 
@@ -247,7 +248,7 @@ class FakeController:
         if self.fail_with is not None:
             raise self.fail_with
         if arg and self.snap.patch(arg) is None:
-            raise ControlError("unknown-patch", f"no patch named {arg!r}")
+            raise UnknownPatchError(f"no patch named {arg!r}")
 
     async def reload(self) -> None:
         await self._record("reload")
@@ -269,7 +270,7 @@ class FakeController:
         self.calls.append(("plan", f"rescan={rescan} enable={enable} disable={disable}"))
         unknown = [n for n in (*enable, *disable) if self.snap.patch(n) is None]
         if unknown:
-            raise ControlError("unknown-patch", f"no installed patch named {unknown[0]!r}")
+            raise UnknownPatchError(f"no installed patch named {unknown[0]!r}")
         return self.preview
 
     async def wait_converged(self, timeout: float) -> bool:

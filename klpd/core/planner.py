@@ -18,7 +18,8 @@ is always computed from the truth and a crash at any point is harmless.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 
 from klpd.core.model import (
     Action,
@@ -33,12 +34,48 @@ from klpd.core.model import (
 from klpd.core.names import VMLINUX
 
 
+class Unwanted(StrEnum):
+    """Why an installed patch is not desired."""
+
+    SUPERSEDED = "superseded"  # a newer (or pinned) version of its series is
+    REPLACE = "atomic-replace"  # declared atomic-replace (modinfo): would wipe every patch
+    REFUSED = "refused"  # refused at run time (sysfs replace=1, a wipe, a pre-load hook)
+    DISABLED = "disabled"  # an operator's ``klpctl disable``
+    EXCLUDED = "excluded"  # ``patches.exclude``
+    NOT_LISTED = "not-listed"  # ``patches.desired`` is set and does not name it
+
+    @property
+    def refusal(self) -> bool:
+        return self in (Unwanted.REPLACE, Unwanted.REFUSED)
+
+
+@dataclass(frozen=True, slots=True)
+class NotDesired:
+    reason: Unwanted
+    detail: str = ""  # the successor's name, the refusal's why
+
+    def __str__(self) -> str:
+        match self.reason:
+            case Unwanted.SUPERSEDED:
+                return f"superseded by {self.detail}"
+            case Unwanted.REPLACE:
+                return "refused: atomic-replace patch (would replace every livepatch)"
+            case Unwanted.REFUSED:
+                return f"refused: {self.detail}"
+            case Unwanted.DISABLED:
+                return "disabled by an operator"
+            case Unwanted.EXCLUDED:
+                return "excluded by configuration"
+            case Unwanted.NOT_LISTED:
+                return "not in patches.desired"
+
+
 @dataclass(frozen=True, slots=True)
 class Selection:
     """Which patches are desired, and why the others are not."""
 
     desired: frozenset[str]
-    notes: Mapping[str, str]  # patch -> why it is not desired ("superseded by lpa_v2", ...)
+    notes: Mapping[str, NotDesired] = field(default_factory=dict)  # patch -> why not
 
 
 def select_desired(
@@ -48,16 +85,18 @@ def select_desired(
     exclude: Iterable[str] = (),
     pin: Mapping[str, int] | None = None,
     disabled: Iterable[str] = (),
+    refused: Mapping[str, str] | None = None,
 ) -> Selection:
     """By default every installed patch, the newest of each cumulative series winning.
 
     ``explicit`` replaces the default set; ``pin`` chooses a series' version instead of the
     newest; ``exclude`` and operator-``disabled`` patches are never desired; atomic-replace
-    patches are refused whatever the configuration says.
+    patches, and ``refused`` ones (patch -> why), are refused whatever the configuration says.
     """
     pin = pin or {}
-    notes: dict[str, str] = {}
-    excluded, off = set(exclude), set(disabled)
+    refused_now = dict(refused or {})
+    notes: dict[str, NotDesired] = {}
+    excluded, off = set(exclude), set(disabled) | set(refused_now)
     chosen: set[str] = set()
     if explicit:
         for name in explicit:
@@ -77,18 +116,20 @@ def select_desired(
         chosen = {p.name for p in best.values()}
         for p in catalog.patches.values():
             if p.name not in chosen and p.series in best and best[p.series].name != p.name:
-                notes[p.name] = f"superseded by {best[p.series].name}"
+                notes[p.name] = NotDesired(Unwanted.SUPERSEDED, best[p.series].name)
     for p in catalog.patches.values():
         if p.replace:
-            notes[p.name] = "refused: atomic-replace patch (would replace every livepatch)"
+            notes[p.name] = NotDesired(Unwanted.REPLACE)
+        elif p.name in refused_now:
+            notes[p.name] = NotDesired(Unwanted.REFUSED, refused_now[p.name])
         elif p.name in off:
-            notes[p.name] = "disabled by an operator"
+            notes[p.name] = NotDesired(Unwanted.DISABLED)
         elif p.name in excluded:
-            notes[p.name] = "excluded by configuration"
+            notes[p.name] = NotDesired(Unwanted.EXCLUDED)
         elif explicit and p.name not in chosen:
-            notes[p.name] = "not in patches.desired"
-    refused = excluded | off | {p.name for p in catalog.patches.values() if p.replace}
-    desired = frozenset(chosen - refused)
+            notes[p.name] = NotDesired(Unwanted.NOT_LISTED)
+    never = excluded | off | {p.name for p in catalog.patches.values() if p.replace}
+    desired = frozenset(chosen - never)
     return Selection(desired=desired, notes=notes)
 
 
@@ -240,4 +281,4 @@ def _objects_then_main(patch: Patch) -> list[PatchModule]:
     return mods
 
 
-__all__ = ["VMLINUX", "Selection", "plan", "select_desired"]
+__all__ = ["VMLINUX", "NotDesired", "Selection", "Unwanted", "plan", "select_desired"]

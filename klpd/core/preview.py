@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from klpd.core.model import Action, Catalog, KernelState, RemovalPolicy
-from klpd.core.planner import plan, select_desired
+from klpd.core.planner import NotDesired, Unwanted, plan, select_desired
 
 PLAN_SCHEMA_VERSION = 1
 
@@ -41,7 +41,7 @@ class PlanPreview:
     rescan: bool
     actions: tuple[Action, ...]
     desired: frozenset[str]
-    notes: Mapping[str, str]
+    notes: Mapping[str, NotDesired]
     catalog: Catalog
     transition: str  # a transition running now: the real run waits for it first
 
@@ -67,12 +67,17 @@ class PlanPreview:
                     "series": p.series,
                     "version": p.version,
                     "desired": p.name in self.desired,
-                    "note": self.notes.get(p.name, ""),
-                    "disabled": self.notes.get(p.name) == "disabled by an operator",
+                    "note": str(self.notes.get(p.name, "")),
+                    "disabled": _reason(self.notes, p.name) is Unwanted.DISABLED,
                 }
                 for p in sorted(self.catalog.patches.values(), key=lambda p: p.name)
             ],
         }
+
+
+def _reason(notes: Mapping[str, NotDesired], patch: str) -> Unwanted | None:
+    note = notes.get(patch)
+    return None if note is None else note.reason
 
 
 def preview(
@@ -81,7 +86,7 @@ def preview(
     *,
     selection: Selection,
     disabled: frozenset[str],
-    refused: frozenset[str],
+    refused: Mapping[str, str],
     avoid: frozenset[str],
     policy: RemovalPolicy,
     rescan: bool = False,
@@ -100,10 +105,11 @@ def preview(
         explicit=selection.explicit,
         exclude=selection.exclude,
         pin=selection.pin,
-        disabled=off | refused,
+        disabled=off,
+        refused=refused,
     )
     forgiven = {pm.module for n in enable for pm in catalog.patches[n].modules.values()}
-    actions = plan(catalog, state, chosen.desired, policy, avoid - forgiven, refused)
+    actions = plan(catalog, state, chosen.desired, policy, avoid - forgiven, frozenset(refused))
     return PlanPreview(
         rescan=rescan,
         actions=tuple(actions),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from klpd.core.model import Action, ActionKind, Catalog, KernelState, OverallState, PatchModule
+from klpd.core.planner import NotDesired, Unwanted
 from klpd.core.status import (
     ModuleReport,
     ModuleStatus,
@@ -58,12 +59,16 @@ def _module_report(
     )
 
 
-def _patch_status(desired: bool, note: str, mods: Sequence[ModuleReport]) -> PatchStatus:
+def _patch_status(
+    desired: bool, note: NotDesired | None, mods: Sequence[ModuleReport]
+) -> PatchStatus:
     statuses = {m.status for m in mods}
-    if ModuleStatus.REFUSED in statuses or note.startswith("refused"):
+    if ModuleStatus.REFUSED in statuses or (note is not None and note.reason.refusal):
         return PatchStatus.REFUSED
     if not desired:
-        return PatchStatus.DISABLED if note == "disabled by an operator" else PatchStatus.RETIRED
+        if note is not None and note.reason is Unwanted.DISABLED:
+            return PatchStatus.DISABLED
+        return PatchStatus.RETIRED
     needed = [m for m in mods if m.obj == "vmlinux" or m.object_loaded]
     done = [m for m in needed if m.status is ModuleStatus.APPLIED]
     failed = [m for m in needed if m.status is ModuleStatus.FAILED]
@@ -115,7 +120,7 @@ def build_snapshot(
     catalog: Catalog,
     state: KernelState,
     desired: frozenset[str],
-    notes: Mapping[str, str],
+    notes: Mapping[str, NotDesired],
     refused: frozenset[str],
     pending: Sequence[Action],
     failures: Mapping[str, str],
@@ -137,13 +142,13 @@ def build_snapshot(
                 unapplying,
                 failures,
                 is_refused,
-                notes.get(patch.name, "") or "refused: atomic-replace patch",
+                str(notes.get(patch.name, "")) or "refused: atomic-replace patch",
             )
             for pm in sorted(patch.modules.values(), key=lambda m: (m.obj != "vmlinux", m.obj))
         )
         main = patch.main
         wanted = patch.name in desired and not is_refused
-        note = notes.get(patch.name, "")
+        note = notes.get(patch.name)
         patches.append(
             PatchReport(
                 name=patch.name,

@@ -136,11 +136,25 @@ Listener = Callable[[Event], None]
 
 
 class ControlError(Exception):
-    """A request the controller refuses; ``code`` names it (mapped to a D-Bus error)."""
+    """A request the controller refuses. The subclass says which refusal it is; the D-Bus
+    layer maps it by type to a typed error (``klpd.dbus.errors``); this base one (and any
+    subclass not in that table) is a plain failure."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code  # "unknown-patch", "invalid-argument", "busy", "failed"
+
+class UnknownPatchError(ControlError):
+    """No installed patch has that name."""
+
+
+class InvalidArgumentError(ControlError):
+    """An argument is malformed or out of range."""
+
+
+class BusyError(ControlError):
+    """Not now: something in progress prevents it."""
+
+
+class ControlFailed(ControlError):
+    """It was tried and failed (e.g. a configuration reload with a bad file)."""
 
 
 class Controller(Protocol):
@@ -172,16 +186,19 @@ class Controller(Protocol):
         self, *, rescan: bool = False, enable: Sequence[str] = (), disable: Sequence[str] = ()
     ) -> PlanPreview:
         """What a reconcile would do now (or after rescan/enable/disable); does none of it.
-        Raises ControlError("unknown-patch") for a name the catalog lacks."""
+        Raises UnknownPatchError for a name the catalog lacks."""
 
 
 __all__ = [
     "SCHEMA_VERSION",
+    "BusyError",
     "ControlError",
+    "ControlFailed",
     "Controller",
     "Counters",
     "Event",
     "EventKind",
+    "InvalidArgumentError",
     "Listener",
     "ModuleReport",
     "ModuleStatus",
@@ -189,5 +206,6 @@ __all__ = [
     "PatchStatus",
     "Snapshot",
     "TransitionReport",
+    "UnknownPatchError",
     "field",
 ]

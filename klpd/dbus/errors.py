@@ -11,7 +11,13 @@ import logging
 
 from dbus_fast import DBusError
 
-from klpd.core.status import ControlError
+from klpd.core.status import (
+    BusyError,
+    ControlError,
+    ControlFailed,
+    InvalidArgumentError,
+    UnknownPatchError,
+)
 from klpd.dbus import names
 
 log = logging.getLogger(__name__)
@@ -50,18 +56,21 @@ class InternalError(KlpdError):
     error_name = names.ERROR_INTERNAL
 
 
-_BY_CODE: dict[str, type[KlpdError]] = {
-    "unknown-patch": UnknownPatch,
-    "invalid-argument": InvalidArgument,
-    "busy": Busy,
-    "failed": Failed,
-    "access-denied": AccessDenied,
+# The controller's refusals, by type; a type not here (the base, a new one) is Failed.
+BY_TYPE: dict[type[ControlError], type[KlpdError]] = {
+    UnknownPatchError: UnknownPatch,
+    InvalidArgumentError: InvalidArgument,
+    BusyError: Busy,
+    ControlFailed: Failed,
 }
 
 
 def from_control_error(err: ControlError) -> KlpdError:
-    """The typed error for a controller refusal; an unknown code becomes ``Failed``."""
-    return _BY_CODE.get(err.code, Failed)(str(err))
+    """The typed error for a controller refusal (the nearest class in the table wins)."""
+    for cls in type(err).__mro__:
+        if cls in BY_TYPE:
+            return BY_TYPE[cls](str(err))
+    return Failed(str(err))
 
 
 def to_dbus_error(err: BaseException, what: str) -> DBusError:

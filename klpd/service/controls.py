@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from klpd.core.model import BlockingTask, OverallState
 from klpd.core.preview import PlanPreview, UnknownPatches, preview
 from klpd.core.preview import Selection as PatchSelection
-from klpd.core.status import ControlError, Listener, Snapshot
+from klpd.core.status import ControlFailed, Listener, Snapshot, UnknownPatchError
 from klpd.service.config import Config
 from klpd.service.orchestrator import Orchestrator, incompatible_modules
 
@@ -40,7 +40,7 @@ class Control:
                 orch.configure(self._load_config())
             except Exception as e:  # a bad new file keeps the old config
                 orch.reporter.set_error(f"configuration reload failed, keeping the old one: {e}")
-                raise ControlError("failed", str(e)) from e
+                raise ControlFailed(str(e)) from e
         orch.memory.forget_failures()
         orch.rescan()
         orch.request_reconcile("reload")
@@ -49,7 +49,7 @@ class Control:
         orch = self._orch
         patch = orch.catalog.patches.get(name)
         if patch is None:
-            raise ControlError("unknown-patch", f"no installed patch named {name!r}")
+            raise UnknownPatchError(f"no installed patch named {name!r}")
         orch.overrides.enable(name)
         orch.memory.forget(pm.module for pm in patch.modules.values())
         orch.reselect()
@@ -58,7 +58,7 @@ class Control:
     async def disable_patch(self, name: str) -> None:
         orch = self._orch
         if name not in orch.catalog.patches:
-            raise ControlError("unknown-patch", f"no installed patch named {name!r}")
+            raise UnknownPatchError(f"no installed patch named {name!r}")
         orch.overrides.disable(name)
         orch.reselect()
         orch.request_reconcile(f"disable {name}")
@@ -93,7 +93,7 @@ class Control:
                 orch.read_state(),
                 selection=PatchSelection(p.desired, p.exclude, p.pin),
                 disabled=frozenset(orch.overrides.disabled),
-                refused=mem.refused_patches(),
+                refused=mem.refused,
                 avoid=frozenset(avoid | incompatible),
                 policy=orch.config.policy.on_object_removed,
                 rescan=rescan,
@@ -101,4 +101,4 @@ class Control:
                 disable=disable,
             )
         except UnknownPatches as e:
-            raise ControlError("unknown-patch", str(e)) from None
+            raise UnknownPatchError(str(e)) from None

@@ -134,7 +134,8 @@ class Orchestrator:
             explicit=p.desired,
             exclude=p.exclude,
             pin=p.pin,
-            disabled=self.overrides.disabled | self.memory.refused_patches(),
+            disabled=self.overrides.disabled,
+            refused=self.memory.refused,
         )
         self.reporter.publish()
 

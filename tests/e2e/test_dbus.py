@@ -24,7 +24,16 @@ from dbus_helpers import (
 )
 
 from klpd.core.model import OverallState
-from klpd.core.status import ControlError, Event, EventKind, Snapshot
+from klpd.core.status import (
+    BusyError,
+    ControlError,
+    ControlFailed,
+    Event,
+    EventKind,
+    InvalidArgumentError,
+    Snapshot,
+    UnknownPatchError,
+)
 from klpd.dbus import names
 from klpd.dbus.service import DbusService, DbusStartError, start_dbus
 
@@ -207,21 +216,29 @@ async def test_state_changes_as_root(
     assert controller.calls[-1] == ("enable", "lp_x")
 
 
+class SomethingNew(BusyError):
+    """A refusal added later, not in the table: its nearest known class decides."""
+
+
 @pytest.mark.parametrize(
-    ("code", "expected"),
+    ("kind", "expected"),
     [
-        ("unknown-patch", names.ERROR_UNKNOWN_PATCH),
-        ("invalid-argument", names.ERROR_INVALID_ARGUMENT),
-        ("busy", names.ERROR_BUSY),
-        ("failed", names.ERROR_FAILED),
-        ("something-new", names.ERROR_FAILED),
+        (UnknownPatchError, names.ERROR_UNKNOWN_PATCH),
+        (InvalidArgumentError, names.ERROR_INVALID_ARGUMENT),
+        (BusyError, names.ERROR_BUSY),
+        (ControlFailed, names.ERROR_FAILED),
+        (ControlError, names.ERROR_FAILED),
+        (SomethingNew, names.ERROR_BUSY),
     ],
 )
 async def test_control_errors_are_typed(
-    served: tuple[FakeController, DbusService], client: MessageBus, code: str, expected: str
+    served: tuple[FakeController, DbusService],
+    client: MessageBus,
+    kind: type[ControlError],
+    expected: str,
 ) -> None:
     controller, _ = served
-    controller.fail_with = ControlError(code, "the reason")
+    controller.fail_with = kind("the reason")
     for member, sig, args in STATE_CHANGING:
         assert error(await call(client, member, sig, *args)) == (expected, "the reason")
 

@@ -23,7 +23,7 @@ from klpd_harness import applied, loaded, wait_for
 
 from klpd.client import ctl, render
 from klpd.core.model import OverallState
-from klpd.core.status import ControlError, Event, EventKind
+from klpd.core.status import BusyError, Event, EventKind
 from klpd.dbus import names
 from klpd.dbus.service import DbusService, start_dbus
 
@@ -144,7 +144,7 @@ async def test_state_changes_as_root(
         done = await klpctl(dbus_address, *argv)
         assert done.returncode == 0, done.stderr
     assert controller.calls == [("reload", ""), ("enable", "lpa"), ("disable", "lpa")]
-    controller.fail_with = ControlError("busy", "a transition is running")
+    controller.fail_with = BusyError("a transition is running")
     done = await klpctl(dbus_address, "reload")
     assert done.returncode == ctl.EXIT_FAILED
     assert done.stderr == "klpctl: Busy: a transition is running\n"

@@ -15,6 +15,7 @@ from builders import patch
 from fakekernel import FakeKernel
 
 from klpd.core.model import Catalog, Patch, PatchModule
+from klpd.core.planner import NotDesired, Unwanted
 from klpd.core.status import ControlError, Event, EventKind, ModuleStatus, PatchStatus
 from klpd.service.bookkeeper import LoadHook
 from klpd.service.config import Config
@@ -295,6 +296,13 @@ async def test_a_loaded_replace_module_is_refused(tmp_path: Path) -> None:
     assert "lpz" in w.orch.memory.refused
     assert "lpz__vmlinux" not in w.kernel.livepatch_modules
     assert applied(w.kernel) == {"lpa__vmlinux"}
+    assert w.patch_status("lpz") is PatchStatus.REFUSED
+    assert w.orch.picture.selection.notes["lpz"] == NotDesired(
+        Unwanted.REFUSED, "lpz__vmlinux is an atomic-replace patch"
+    )
+    snap = w.control.snapshot()
+    errors = [m.error for p in snap.patches if p.name == "lpz" for m in p.modules]
+    assert errors == ["refused: lpz__vmlinux is an atomic-replace patch"]
 
 
 class Veto:

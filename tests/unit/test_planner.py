@@ -19,7 +19,7 @@ from klpd.core.model import (
     Reason,
     RemovalPolicy,
 )
-from klpd.core.planner import plan, select_desired
+from klpd.core.planner import NotDesired, Unwanted, plan, select_desired
 
 L, D, U = ActionKind.LOAD, ActionKind.DISABLE, ActionKind.UNLOAD
 
@@ -135,8 +135,15 @@ def test_select_desired_pin_exclude_explicit_and_disabled() -> None:
     assert select_desired(UP, explicit=["lpa"]).desired == {"lpa"}
     sel = select_desired(UP, disabled=["lpa_v2"])
     assert sel.desired == {"lpa"}
-    assert sel.notes["lpa_v2"] == "disabled by an operator"
-    assert "superseded" in select_desired(UP).notes["lpa"]
+    assert sel.notes["lpa_v2"] == NotDesired(Unwanted.DISABLED)
+    assert str(sel.notes["lpa_v2"]) == "disabled by an operator"
+    assert select_desired(UP).notes["lpa"] == NotDesired(Unwanted.SUPERSEDED, "lpa_v2")
+    assert str(select_desired(UP).notes["lpa"]) == "superseded by lpa_v2"
+    sel = select_desired(UP, exclude=["lpa_v2"], refused={"lpa": "sysfs shows replace=1"})
+    assert sel.desired == frozenset()
+    assert sel.notes["lpa"] == NotDesired(Unwanted.REFUSED, "sysfs shows replace=1")
+    assert sel.notes["lpa_v2"].reason is Unwanted.EXCLUDED
+    assert select_desired(UP, explicit=["lpa"]).notes["lpa_v2"].reason is Unwanted.NOT_LISTED
 
 
 REP = catalog(patch("lpa", ["ext4"]), patch("lprep", [], replace=True))
@@ -145,7 +152,8 @@ REP = catalog(patch("lpa", ["ext4"]), patch("lprep", [], replace=True))
 def test_replace_patch_is_never_desired_nor_loaded() -> None:
     sel = select_desired(REP, explicit=["lpa", "lprep"])
     assert sel.desired == {"lpa"}
-    assert "atomic-replace" in sel.notes["lprep"]
+    assert sel.notes["lprep"].reason is Unwanted.REPLACE
+    assert "atomic-replace" in str(sel.notes["lprep"])
     assert all(a.patch != "lprep" for a in plan(REP, state(["ext4"]), frozenset({"lpa", "lprep"})))
 
 
