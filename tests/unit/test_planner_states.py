@@ -146,9 +146,9 @@ def covered(s: KernelState, series: str) -> set[str]:
     out = set()
     for name, lp in s.livepatches.items():
         pm = MANAGED[name]
-        if FULL.patches[pm.patch].series == series and lp.enabled:
-            if pm.obj == "vmlinux" or pm.obj in s.modules:
-                out.add(pm.obj)
+        present = pm.obj == "vmlinux" or pm.obj in s.modules
+        if FULL.patches[pm.patch].series == series and lp.enabled and present:
+            out.add(pm.obj)
     return out
 
 
