@@ -57,7 +57,14 @@ def resync_lines(k: KlpdProcess, skip: int) -> int:
     return sum("resync" in line for line in k.log()[skip:].splitlines())
 
 
-def one_round(sim: SimKernel, k: KlpdProcess, log: Path, expected: set[str], args, seq: int):  # type: ignore[no-untyped-def]
+def one_round(
+    sim: SimKernel,
+    k: KlpdProcess,
+    log: Path,
+    expected: set[str],
+    args: argparse.Namespace,
+    seq: int,
+) -> dict[str, float]:
     assert k.proc is not None
     log_at = len(k.log())
     n_calls = len(c.read_calls(log))
@@ -154,7 +161,9 @@ def main() -> None:
     report(rows, expected, args, time.monotonic() - started)
 
 
-def report(rows, expected: set[str], args, elapsed: float) -> None:  # type: ignore[no-untyped-def]
+def report(
+    rows: list[dict[str, float]], expected: set[str], args: argparse.Namespace, elapsed: float
+) -> None:
     print(
         f"burst_converge: {args.noise} noise uevents + load {', '.join(TARGETS)} while klpd is"
         f" SIGSTOPped (receive_buffer=4096), SIGCONT -> converged;"
@@ -167,7 +176,7 @@ def report(rows, expected: set[str], args, elapsed: float) -> None:  # type: ign
         f" {'ratio':>6} {'klpd own':>9} {'calls':>6} {'resyncs':>8} {'burst send ms':>14}"
     )
 
-    def line(label: str, r: dict) -> None:  # type: ignore[type-arg]
+    def line(label: str, r: dict[str, float]) -> None:
         print(
             f"{label:>5} {c.ms(r['converge']):12.0f} {c.ms(r['modprobe_sum']):14.0f}"
             f" {c.ms(r['serial_bound']):13.0f} {r['ratio']:6.2f} {c.ms(r['own']):9.0f}"

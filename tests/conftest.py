@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
-from klpd_harness import KlpdProcess
+from klpd_harness import KlpdProcess, MakeKlpd
 from klpd_sim.harness import SimKernel
 
 # The private dbus-daemon (``dbus_address``) and the service over a FakeController
@@ -19,15 +20,18 @@ def sim() -> Iterator[SimKernel]:
 
 
 @pytest.fixture
-def make_klpd(sim: SimKernel, tmp_path: Path) -> Iterator[type[KlpdProcess]]:
+def make_klpd(sim: SimKernel, tmp_path: Path) -> Iterator[MakeKlpd]:
     made: list[KlpdProcess] = []
 
-    def make(overrides=None, env=None):  # type: ignore[no-untyped-def]
+    def make(
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> KlpdProcess:
         k = KlpdProcess(sim, tmp_path, overrides, env)
         made.append(k)
         return k
 
-    yield make  # type: ignore[misc]
+    yield make
     for k in made:
         k.close()
 

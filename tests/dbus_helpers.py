@@ -42,7 +42,6 @@ from klpd.core.model import (
 )
 from klpd.core.preview import PlanPreview
 from klpd.core.status import (
-    ControlError,
     Event,
     EventKind,
     Listener,
@@ -214,7 +213,7 @@ class FakeController:
     blocking: tuple[BlockingTask, ...] = BLOCKING
     listeners: list[Listener] = field(default_factory=list)
     calls: list[tuple[str, str]] = field(default_factory=list)
-    fail_with: ControlError | None = None
+    fail_with: Exception | None = None  # what every state-changing call raises
     _converged: asyncio.Event = field(default_factory=asyncio.Event)
     waiting: asyncio.Event = field(default_factory=asyncio.Event)  # a WaitConverged is in
     preview: PlanPreview = field(default_factory=lambda: sample_preview())

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from klpd_sim.harness import SimKernel
 
@@ -110,6 +110,13 @@ class KlpdProcess:
     def configure(self, overrides: Mapping[str, Mapping[str, Any]]) -> None:
         self.sections = merge(self.sections, overrides)
         write_config(self.config_path, self.sections)
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The running klpd (after :meth:`start`)."""
+        if self.proc is None:
+            raise AssertionError("klpd was not started")
+        return self.proc
 
     def start(self, wait_ready: bool = True) -> KlpdProcess:
         write_config(self.config_path, self.sections)
@@ -235,3 +242,13 @@ def applied(sim: SimKernel) -> set[str]:
 
 def loaded(sim: SimKernel) -> set[str]:
     return {e.name for e in (sim.sys / "module").iterdir()}
+
+
+class MakeKlpd(Protocol):
+    """The ``make_klpd`` fixture: a klpd process on ``sim`` (closed after the test)."""
+
+    def __call__(
+        self,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> KlpdProcess: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +24,33 @@ def test_ruff_clean() -> None:
 
 def test_mypy_strict_clean() -> None:
     r = subprocess.run(
-        [BIN / "mypy", "klpd", "sim/klpd_sim"],
+        [BIN / "mypy", "klpd", "sim/klpd_sim", "tests"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=False,
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+IGNORE = re.compile(r"#\s*type:\s*ignore(?P<codes>\[[^\]]*\])?(?P<rest>.*)$")
+
+
+def test_every_type_ignore_says_which_error_and_why() -> None:
+    """``# type: ignore[code]  # the reason`` (or the reason in a comment line just above):
+    never a bare one, never one without a reason."""
+    bare: list[str] = []
+    for path in sorted(
+        p for d in ("klpd", "sim", "tests", "bench", "scripts") for p in (ROOT / d).rglob("*.py")
+    ):
+        lines = path.read_text().splitlines()
+        for n, line in enumerate(lines, 1):
+            m = IGNORE.search(line)
+            if m is None:
+                continue
+            reason = m["rest"].strip().startswith("#") or (
+                n > 1 and lines[n - 2].strip().startswith("#")  # or a comment line above it
+            )
+            if not m["codes"] or not reason:
+                bare.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not bare, "type: ignore without [code] and a reason:\n" + "\n".join(bare)

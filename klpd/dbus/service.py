@@ -343,7 +343,7 @@ class DbusService:
         self.unsubscribe()
         self.bus.unexport(names.OBJECT_PATH)
         self.bus.disconnect()
-        await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+        await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]  # dbus_fast: untyped
 
 
 async def connect_bus(bus: str) -> MessageBus:

@@ -25,6 +25,10 @@ from klpd.service.logs import setup_logging
 from klpd.service.orchestrator import Orchestrator
 from klpd.service.sdnotify import Notifier
 
+TYPE_CHECKING = False  # dbus_fast is imported only when D-Bus is enabled
+if TYPE_CHECKING:
+    from klpd.dbus.service import DbusService
+
 log = logging.getLogger("klpd")
 
 EXIT_OK = 0
@@ -55,7 +59,7 @@ class Daemon:
         self.orchestrator = Orchestrator(config)
         self.control = Control(self.orchestrator, config_loader=self._load_config)
         self._stop = asyncio.Event()
-        self._dbus: object | None = None
+        self._dbus: DbusService | None = None
         self._status = ""
         self._softdeps = ""
 
@@ -169,7 +173,7 @@ class Daemon:
         await asyncio.gather(*tasks, return_exceptions=True)
         source.stop()
         if self._dbus is not None:
-            await self._dbus.close()  # type: ignore[attr-defined]
+            await self._dbus.close()
         return EXIT_OK
 
 

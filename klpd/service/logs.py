@@ -65,7 +65,7 @@ def journal_handler(sender: Sender | None = None) -> logging.Handler:
     """systemd-python's JournalHandler; ``sender`` replaces ``journal.send`` (tests)."""
     from systemd import journal
 
-    return journal.JournalHandler(  # type: ignore[no-any-return]
+    return journal.JournalHandler(  # type: ignore[no-any-return]  # systemd-python: untyped
         sender_function=journal_fields_only(sender or journal.send),
         SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER,
     )

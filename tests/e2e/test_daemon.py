@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from klpd_harness import applied, loaded, wait_for
+from pathlib import Path
+from typing import Any
+
+from klpd_harness import KlpdProcess, MakeKlpd, applied, loaded, wait_for
+from klpd_sim.harness import SimKernel
+from klpd_sim.spec import Spec
 
 LPA = {"patches": {"desired": ["lpa"]}}
 MAIN = {"lpa__vmlinux"}
 
 
-def test_start_with_targets_already_loaded(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+def test_start_with_targets_already_loaded(sim: SimKernel, make_klpd: MakeKlpd) -> None:
     sim.modprobe("ext4")
     sim.modprobe("klpd_target")
     k = make_klpd(LPA).start()
@@ -17,7 +22,7 @@ def test_start_with_targets_already_loaded(sim, make_klpd) -> None:  # type: ign
     assert any(s.startswith("converged: 1 patches, 3 objects") for s in k.statuses())
 
 
-def test_target_loaded_later_is_patched(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+def test_target_loaded_later_is_patched(sim: SimKernel, make_klpd: MakeKlpd) -> None:
     k = make_klpd(LPA).start()
     k.wait_state("converged")
     assert applied(sim) == MAIN
@@ -27,14 +32,14 @@ def test_target_loaded_later_is_patched(sim, make_klpd) -> None:  # type: ignore
     assert applied(sim) == {"lpa__vmlinux", "lpa__ext4"}
 
 
-def test_two_patches_on_one_object(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+def test_two_patches_on_one_object(sim: SimKernel, make_klpd: MakeKlpd) -> None:
     sim.modprobe("ext4")
     k = make_klpd({"patches": {"desired": ["lpa", "lpb"]}}).start()
     k.wait_state("converged")
     assert applied(sim) == {"lpa__vmlinux", "lpa__ext4", "lpb__vmlinux", "lpb__ext4"}
 
 
-def test_target_removed_keep_policy_stays_armed(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+def test_target_removed_keep_policy_stays_armed(sim: SimKernel, make_klpd: MakeKlpd) -> None:
     sim.modprobe("ext4")
     k = make_klpd({**LPA, "policy": {"on_object_removed": "keep"}}).start()
     k.wait_state("converged")
@@ -48,7 +53,9 @@ def test_target_removed_keep_policy_stays_armed(sim, make_klpd) -> None:  # type
     assert (sim.livepatch_dir / "lpa__ext4/ext4/patched").read_text().strip() == "1"
 
 
-def test_target_removed_remove_policy_takes_module_away(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+def test_target_removed_remove_policy_takes_module_away(
+    sim: SimKernel, make_klpd: MakeKlpd
+) -> None:
     sim.modprobe("ext4")
     k = make_klpd({**LPA, "policy": {"on_object_removed": "remove"}}).start()
     k.wait_state("converged")
@@ -61,7 +68,9 @@ def test_target_removed_remove_policy_takes_module_away(sim, make_klpd) -> None:
     wait_for(lambda: "lpa__ext4" in applied(sim), 30, "lpa__ext4 back")
 
 
-def test_bad_module_is_reported_and_others_are_unaffected(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+def test_bad_module_is_reported_and_others_are_unaffected(
+    sim: SimKernel, make_klpd: MakeKlpd
+) -> None:
     sim.modprobe("ext4")
     k = make_klpd({"patches": {"desired": ["lpa", "lpbad"]}}).start()
     k.wait_state("degraded")
@@ -70,7 +79,7 @@ def test_bad_module_is_reported_and_others_are_unaffected(sim, make_klpd) -> Non
     assert any("degraded" in s and "lpbad__ext4" in s for s in k.statuses())
 
 
-def test_missing_module_file_is_reported(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+def test_missing_module_file_is_reported(sim: SimKernel, make_klpd: MakeKlpd) -> None:
     k = make_klpd(LPA).start()
     k.wait_state("converged")
     (sim.module_dir / "extra/lpa__klpd_target.ko").unlink()  # removed after the scan
@@ -80,7 +89,9 @@ def test_missing_module_file_is_reported(sim, make_klpd) -> None:  # type: ignor
     assert applied(sim) == MAIN
 
 
-def test_cumulative_upgrade_never_leaves_object_unpatched(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+def test_cumulative_upgrade_never_leaves_object_unpatched(
+    sim: SimKernel, make_klpd: MakeKlpd
+) -> None:
     import threading
 
     sim.modprobe("ext4")
@@ -111,7 +122,7 @@ def test_cumulative_upgrade_never_leaves_object_unpatched(sim, make_klpd) -> Non
     t.start()
     try:
         k.configure({"patches": {"pin": {}}})
-        k.proc.send_signal(1)  # SIGHUP: reload configuration
+        k.process.send_signal(1)  # SIGHUP: reload configuration
         wait_for(lambda: applied(sim) == {"lpa_v2__vmlinux", "lpa_v2__ext4"}, 60, "upgrade")
         k.wait_state("converged")
     finally:
@@ -124,8 +135,8 @@ def test_cumulative_upgrade_never_leaves_object_unpatched(sim, make_klpd) -> Non
     assert log.index("disable lpa__ext4") < log.index("disable lpa__vmlinux")
 
 
-def _foreign_spec():  # type: ignore[no-untyped-def]
-    from klpd_sim.spec import Spec, _livepatch, demo_spec
+def _foreign_spec() -> Spec:
+    from klpd_sim.spec import _livepatch, demo_spec
 
     spec = demo_spec()
     mods = dict(spec.modules)
@@ -134,10 +145,7 @@ def _foreign_spec():  # type: ignore[no-untyped-def]
     return Spec(release=spec.release, modules=mods)
 
 
-def test_ebusy_from_a_concurrent_transition_is_retried(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from klpd_harness import KlpdProcess
-    from klpd_sim.harness import SimKernel
-
+def test_ebusy_from_a_concurrent_transition_is_retried(tmp_path: Path) -> None:
     with SimKernel(transition_ms=400, spec=_foreign_spec()) as sim:
         sim.modprobe("ext4")
         mark = tmp_path / "raced"
@@ -146,7 +154,7 @@ def test_ebusy_from_a_concurrent_transition_is_retried(tmp_path) -> None:  # typ
         # Another tool starts a transition right before klpd's first modprobe runs.
         wrapper.write_text(
             "#!/bin/sh\n"
-            f'if [ ! -e {mark} ]; then touch {mark}; {cli} modprobe kpatch_foreign; fi\n'
+            f"if [ ! -e {mark} ]; then touch {mark}; {cli} modprobe kpatch_foreign; fi\n"
             f'exec {cli} modprobe "$@"\n'
         )
         wrapper.chmod(0o755)
@@ -163,18 +171,18 @@ def test_ebusy_from_a_concurrent_transition_is_retried(tmp_path) -> None:  # typ
 STALL = {"transition": {"stall_timeout": 0.5, "revert_timeout": 10.0}}
 
 
-def _stalled_setup(sim, make_klpd, policy):  # type: ignore[no-untyped-def]
+def _stalled_setup(sim: SimKernel, make_klpd: MakeKlpd, policy: str) -> tuple[KlpdProcess, int]:
     sim.modprobe("ext4")
     pid = sim.stall("ext4", comm="sleepy-writer")
     k = make_klpd({**LPA, **merge_transition(policy)}).start()
     return k, pid
 
 
-def merge_transition(policy: str) -> dict:  # type: ignore[type-arg]
+def merge_transition(policy: str) -> dict[str, dict[str, Any]]:
     return {"transition": {**STALL["transition"], "on_stall": policy}}
 
 
-def test_stalled_transition_revert_policy(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+def test_stalled_transition_revert_policy(sim: SimKernel, make_klpd: MakeKlpd) -> None:
     k, pid = _stalled_setup(sim, make_klpd, "revert")
     k.wait_state("degraded")
     log = k.log()
@@ -183,7 +191,7 @@ def test_stalled_transition_revert_policy(sim, make_klpd) -> None:  # type: igno
     assert applied(sim) == MAIN and "lpa__ext4" not in loaded(sim)
     # the task wakes up; an operator's reload tries again and succeeds
     sim.unstall("ext4")
-    k.proc.send_signal(1)
+    k.process.send_signal(1)
     try:
         wait_for(lambda: "lpa__ext4" in applied(sim), 30, "lpa__ext4 applied after unstall")
     except TimeoutError:
@@ -191,7 +199,7 @@ def test_stalled_transition_revert_policy(sim, make_klpd) -> None:  # type: igno
     k.wait_state("converged")
 
 
-def test_stalled_transition_wait_policy(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+def test_stalled_transition_wait_policy(sim: SimKernel, make_klpd: MakeKlpd) -> None:
     k, pid = _stalled_setup(sim, make_klpd, "wait")
     k.wait_message(lambda m: "lpa__ext4 -> patched (stalled)" in m)
     assert k.metric_state() == "converging"
@@ -201,7 +209,7 @@ def test_stalled_transition_wait_policy(sim, make_klpd) -> None:  # type: ignore
     assert applied(sim) == {"lpa__vmlinux", "lpa__ext4"}
 
 
-def test_stalled_transition_force_policy(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+def test_stalled_transition_force_policy(sim: SimKernel, make_klpd: MakeKlpd) -> None:
     k, _ = _stalled_setup(sim, make_klpd, "force")
     k.wait_state("converged")
     assert applied(sim) == {"lpa__vmlinux", "lpa__ext4"}
@@ -215,14 +223,16 @@ def test_stalled_transition_force_policy(sim, make_klpd) -> None:  # type: ignor
 UPGRADE_FINAL = {"lpa_v2__vmlinux", "lpa_v2__ext4", "lpb__vmlinux", "lpb__ext4"}
 
 
-def _killing_wrapper(tmp_path, sim, tool: str, counter, kill_at: int):  # type: ignore[no-untyped-def]
+def _killing_wrapper(
+    tmp_path: Path, sim: SimKernel, tool: str, counter: Path, kill_at: int
+) -> Path:
     """A modprobe/rmmod that SIGKILLs klpd (its parent) right after call number ``kill_at``,
     while the transition that call started is still running."""
     w = tmp_path / f"{tool}-killer"
     cli = " ".join(sim.cli)
     w.write_text(
         "#!/bin/sh\n"
-        f"{cli} {tool} \"$@\"; rc=$?\n"
+        f'{cli} {tool} "$@"; rc=$?\n'
         f"n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}\n"
         f"if [ $n -eq {kill_at} ]; then kill -9 $PPID; fi\n"
         "exit $rc\n"
@@ -231,11 +241,16 @@ def _killing_wrapper(tmp_path, sim, tool: str, counter, kill_at: int):  # type: 
     return w
 
 
-def test_killed_after_each_step_converges_on_restart(sim, make_klpd, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_killed_after_each_step_converges_on_restart(
+    sim: SimKernel, make_klpd: MakeKlpd, tmp_path: Path
+) -> None:
     """Upgrade lpa v1 -> v2 next to lpb: 4 loads, 2 disables, 2 unloads. SIGKILL klpd
     after each modprobe/rmmod call in turn; a plain restart must converge every time."""
     sim.modprobe("ext4")
-    base = {"patches": {"exclude": ["lpbad"]}, "transition": {"poll_interval": 0.02}}
+    base: dict[str, dict[str, Any]] = {
+        "patches": {"exclude": ["lpbad"]},
+        "transition": {"poll_interval": 0.02},
+    }
     k = make_klpd({"patches": {"pin": {"lpa": 1}, "exclude": ["lpbad"]}}).start()
     k.wait_state("converged")
     k.stop()
@@ -247,17 +262,26 @@ def test_killed_after_each_step_converges_on_restart(sim, make_klpd, tmp_path) -
         mp = _killing_wrapper(tmp_path, sim, "modprobe", counter, step)
         rm = _killing_wrapper(tmp_path, sim, "rmmod", counter, step)
         # back to the v1 state, then the upgrade, killed at call number `step`
-        k.configure({"patches": {"pin": {"lpa": 1}, "exclude": ["lpbad"]},
-                     "kernel": sim.config_overrides()["kernel"]})
+        k.configure(
+            {
+                "patches": {"pin": {"lpa": 1}, "exclude": ["lpbad"]},
+                "kernel": sim.config_overrides()["kernel"],
+            }
+        )
         k.start()
         k.wait_state("converged", 60)
         assert applied(sim) == start, k.log()[-4000:]
         k.stop()
-        k.configure({**base, "patches": {"pin": {}, "exclude": ["lpbad"]},
-                     "kernel": {"modprobe": [str(mp)], "rmmod": [str(rm)]}})
+        k.configure(
+            {
+                **base,
+                "patches": {"pin": {}, "exclude": ["lpbad"]},
+                "kernel": {"modprobe": [str(mp)], "rmmod": [str(rm)]},
+            }
+        )
         k.start()
-        wait_for(lambda: k.proc.poll() is not None or k.metric_state() == "converged", 60)
-        killed = k.proc.poll() is not None
+        wait_for(lambda: k.process.poll() is not None or k.metric_state() == "converged", 60)
+        killed = k.process.poll() is not None
         kills += killed
         if killed:
             k.proc = None
@@ -273,24 +297,26 @@ def test_killed_after_each_step_converges_on_restart(sim, make_klpd, tmp_path) -
     assert kills >= 4, f"only {kills} runs were killed mid-plan"
 
 
-def test_burst_of_1000_events_with_tiny_buffer_converges(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+def test_burst_of_1000_events_with_tiny_buffer_converges(
+    sim: SimKernel, make_klpd: MakeKlpd
+) -> None:
     from klpd_sim.uevent import send_module_uevent
 
     k = make_klpd({**LPA, "events": {"receive_buffer": 4096}}).start()
     k.wait_state("converged")
-    k.proc.send_signal(19)  # SIGSTOP: the daemon cannot read while the burst arrives
+    k.process.send_signal(19)  # SIGSTOP: the daemon cannot read while the burst arrives
     try:
         for i in range(1000):
             send_module_uevent("add" if i % 2 else "remove", f"klpd_noise_{i % 7}", 50_000 + i)
         sim.modprobe("ext4")  # the one event that matters is lost in the overflow
     finally:
-        k.proc.send_signal(18)  # SIGCONT
+        k.process.send_signal(18)  # SIGCONT
     wait_for(lambda: "lpa__ext4" in applied(sim), 60, "lpa__ext4 after the burst")
     k.wait_state("converged")
     assert "resync" in k.log() and "ENOBUFS" in k.log()
 
 
-def test_softdep_prearming_follows_the_selection(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+def test_softdep_prearming_follows_the_selection(sim: SimKernel, make_klpd: MakeKlpd) -> None:
     k = make_klpd({"patches": {"desired": ["lpa"]}, "softdep": {"enabled": True}}).start()
     k.wait_state("converged")
     text = sim.softdep_file.read_text()
@@ -302,19 +328,28 @@ def test_softdep_prearming_follows_the_selection(sim, make_klpd) -> None:  # typ
     assert (sim.livepatch_dir / "lpa__ext4/ext4/patched").read_text().strip() == "1"
     k.wait_state("converged")
     k.configure({"patches": {"desired": ["lpa", "lpb"]}})
-    k.proc.send_signal(1)
+    k.process.send_signal(1)
     wait_for(lambda: "lpb__ext4" in sim.softdep_file.read_text(), 30, "softdep for lpb")
     k.configure({"softdep": {"enabled": False}})
-    k.proc.send_signal(1)
+    k.process.send_signal(1)
     wait_for(lambda: not sim.softdep_file.exists(), 30, "softdep file removed")
 
 
-def test_module_built_for_another_kernel_is_never_tried(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+def test_module_built_for_another_kernel_is_never_tried(
+    sim: SimKernel, make_klpd: MakeKlpd
+) -> None:
     from klpd_sim.kofile import write_ko
 
     ko = sim.module_dir / "extra/lpa__klpd_target.ko"
-    write_ko(ko, {"livepatch": "Y", "vermagic": "6.0.0-other SMP mod_unload ",
-                  "klpd_series": "lpa", "klpd_version": "1"})
+    write_ko(
+        ko,
+        {
+            "livepatch": "Y",
+            "vermagic": "6.0.0-other SMP mod_unload ",
+            "klpd_series": "lpa",
+            "klpd_version": "1",
+        },
+    )
     sim.modprobe("klpd_target")
     k = make_klpd(LPA).start()
     k.wait_state("degraded")
@@ -323,21 +358,23 @@ def test_module_built_for_another_kernel_is_never_tried(sim, make_klpd) -> None:
     assert "modprobe -- lpa__klpd_target" not in k.log()
 
 
-def test_kernel_command_line_kill_switch(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+def test_kernel_command_line_kill_switch(sim: SimKernel, make_klpd: MakeKlpd) -> None:
     (sim.proc_root / "cmdline").write_text("BOOT_IMAGE=/vmlinuz root=/dev/vda1 klpd.enable=0\n")
     k = make_klpd(LPA).start(wait_ready=False)
-    assert k.proc is not None and k.proc.wait(30) == 0
+    assert k.proc is not None and k.process.wait(30) == 0
     assert "klpd.enable=0 on the kernel command line" in k.log()
     assert applied(sim) == set()
 
 
-def test_forced_unpatching_pins_the_module_and_is_reported(sim, make_klpd) -> None:  # type: ignore[no-untyped-def]
+def test_forced_unpatching_pins_the_module_and_is_reported(
+    sim: SimKernel, make_klpd: MakeKlpd
+) -> None:
     sim.modprobe("ext4")
     k = make_klpd({**LPA, **merge_transition("force")}).start()
     k.wait_state("converged")
     sim.stall("ext4", comm="sleepy-writer")  # now sleeping in the *patched* function
     k.configure({"patches": {"desired": [], "exclude": ["lpa", "lpa_v2", "lpb", "lpbad"]}})
-    k.proc.send_signal(1)
+    k.process.send_signal(1)
     k.wait_state("degraded", 60)
     # the unpatching was forced: lpa__ext4 is gone from sysfs but can never be unloaded
     assert "lpa__ext4" in loaded(sim) and not (sim.livepatch_dir / "lpa__ext4").exists()
@@ -345,14 +382,18 @@ def test_forced_unpatching_pins_the_module_and_is_reported(sim, make_klpd) -> No
     assert "lpa__ext4: disabled but still referenced: forced" in k.log()
 
 
-def test_undeclared_replace_patch_is_named_refused_and_wiped_patches_restored(  # type: ignore[no-untyped-def]
-    sim, make_klpd
+def test_undeclared_replace_patch_is_named_refused_and_wiped_patches_restored(
+    sim: SimKernel, make_klpd: MakeKlpd
 ) -> None:
     # a vendor's cumulative replace module: nothing in its modinfo says "replace"
     sim.install(
         "lpvendor__vmlinux",
-        {"livepatch": "Y", "klpd_sim_object": "vmlinux", "klpd_sim_funcs": "cmdline_proc_show",
-         "klpd_sim_replace": "Y"},
+        {
+            "livepatch": "Y",
+            "klpd_sim_object": "vmlinux",
+            "klpd_sim_funcs": "cmdline_proc_show",
+            "klpd_sim_replace": "Y",
+        },
     )
     sim.modprobe("ext4")
     k = make_klpd({"patches": {"desired": ["lpa"]}}).start()

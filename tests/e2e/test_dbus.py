@@ -247,7 +247,7 @@ async def test_unexpected_exception_is_internal_without_traceback(
     served: tuple[FakeController, DbusService], client: MessageBus
 ) -> None:
     controller, _ = served
-    controller.fail_with = ZeroDivisionError("secret /path/detail")  # type: ignore[assignment]
+    controller.fail_with = ZeroDivisionError("secret /path/detail")
     name, text = error(await call(client, "Reload"))
     assert name == names.ERROR_INTERNAL
     assert "secret" not in text and "Traceback" not in text

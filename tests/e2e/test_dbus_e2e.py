@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from dbus_helpers import PrivateBus, start_private_bus
-from klpd_harness import applied, wait_for
+from klpd_harness import KlpdProcess, MakeKlpd, applied, wait_for
+from klpd_sim.harness import SimKernel
 
 KLPCTL = str(Path(sys.executable).parent / "klpctl")
 BUSCTL = shutil.which("busctl") or "/usr/bin/busctl"
@@ -41,7 +42,7 @@ def busctl(bus: PrivateBus, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def served(sim, make_klpd, bus):  # type: ignore[no-untyped-def]
+def served(sim: SimKernel, make_klpd: MakeKlpd, bus: PrivateBus) -> KlpdProcess:
     sim.modprobe("ext4")
     k = make_klpd({"patches": {"desired": ["lpa"]}, "dbus": {"enabled": True, "bus": bus.address}})
     k.start()
@@ -49,7 +50,7 @@ def served(sim, make_klpd, bus):  # type: ignore[no-untyped-def]
     return k
 
 
-def test_describe_agrees_with_sysfs(sim, bus, served) -> None:  # type: ignore[no-untyped-def]
+def test_describe_agrees_with_sysfs(sim: SimKernel, bus: PrivateBus, served: KlpdProcess) -> None:
     r = ctl(bus, "status", "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
@@ -62,7 +63,7 @@ def test_describe_agrees_with_sysfs(sim, bus, served) -> None:  # type: ignore[n
     assert ext4["patched"] is patched is True
 
 
-def test_busctl_introspects_and_reads_properties(bus, served) -> None:  # type: ignore[no-untyped-def]
+def test_busctl_introspects_and_reads_properties(bus: PrivateBus, served: KlpdProcess) -> None:
     r = busctl(bus, "introspect", NAME, PATH)
     assert r.returncode == 0, r.stderr
     for member in ("Describe", "Reload", "EnablePatch", "DisablePatch", "PatchApplied", "State"):
@@ -73,7 +74,7 @@ def test_busctl_introspects_and_reads_properties(bus, served) -> None:  # type: 
     assert r.returncode == 0 and r.stdout.startswith("s ")
 
 
-def test_signals_follow_a_module_load(sim, bus, served) -> None:  # type: ignore[no-untyped-def]
+def test_signals_follow_a_module_load(sim: SimKernel, bus: PrivateBus, served: KlpdProcess) -> None:
     import threading
 
     mon = subprocess.Popen(
@@ -87,7 +88,8 @@ def test_signals_follow_a_module_load(sim, bus, served) -> None:  # type: ignore
         assert mon.stdout is not None and mon.stderr is not None
         # "following …" is printed once its match rules are in place: subscribed.
         assert "following io.github.Klpd1" in mon.stderr.readline()
-        reader = threading.Thread(target=lambda: lines.extend(iter(mon.stdout.readline, "")))
+        out = mon.stdout
+        reader = threading.Thread(target=lambda: lines.extend(iter(out.readline, "")))
         reader.start()
         sim.modprobe("klpd_target")
         wait_for(
@@ -103,7 +105,7 @@ def test_signals_follow_a_module_load(sim, bus, served) -> None:  # type: ignore
     assert text.index("TransitionStarted") < text.index("PatchApplied")
 
 
-def test_changes_need_root_or_polkit(sim, bus, served) -> None:  # type: ignore[no-untyped-def]
+def test_changes_need_root_or_polkit(sim: SimKernel, bus: PrivateBus, served: KlpdProcess) -> None:
     for verb in (["reload"], ["disable", "lpa"], ["enable", "lpa"]):
         r = ctl(bus, *verb, nobody=True)
         assert r.returncode == 5, (verb, r.stdout, r.stderr)
@@ -112,7 +114,9 @@ def test_changes_need_root_or_polkit(sim, bus, served) -> None:  # type: ignore[
     assert applied(sim) == {"lpa__vmlinux", "lpa__ext4"}  # nothing changed
 
 
-def test_root_disables_and_enables_a_patch(sim, bus, served) -> None:  # type: ignore[no-untyped-def]
+def test_root_disables_and_enables_a_patch(
+    sim: SimKernel, bus: PrivateBus, served: KlpdProcess
+) -> None:
     assert ctl(bus, "disable", "lpa").returncode == 0
     wait_for(lambda: not applied(sim), 60, "lpa retired")
     assert ctl(bus, "wait", "--timeout", "60").returncode == 0
@@ -123,13 +127,22 @@ def test_root_disables_and_enables_a_patch(sim, bus, served) -> None:  # type: i
     assert applied(sim) == {"lpa__vmlinux", "lpa__ext4"}
 
 
-def test_malformed_arguments_get_typed_errors(bus, served) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_arguments_get_typed_errors(bus: PrivateBus, served: KlpdProcess) -> None:
     def send(arg: str) -> subprocess.CompletedProcess[str]:
         # dbus-send prints the error *name*: a client nobody here wrote sees the typed error
         return subprocess.run(
-            ["dbus-send", f"--bus={bus.address}", "--print-reply", f"--dest={NAME}", PATH,
-             f"{IFACE}.DisablePatch", f"string:{arg}"],
-            capture_output=True, text=True, timeout=30,
+            [
+                "dbus-send",
+                f"--bus={bus.address}",
+                "--print-reply",
+                f"--dest={NAME}",
+                PATH,
+                f"{IFACE}.DisablePatch",
+                f"string:{arg}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
 
     r = send("x; reboot")

@@ -9,7 +9,8 @@ import subprocess
 from typing import Any
 
 from dbus_helpers import run_env
-from klpd_harness import applied, loaded
+from klpd_harness import MakeKlpd, applied, loaded
+from klpd_sim.harness import SimKernel
 from test_klpctl import KLPCTL, run_klpctl
 
 from klpd.client import ctl
@@ -21,7 +22,9 @@ def _bus(address: str, **patches: Any) -> dict[str, Any]:
     return {"patches": patches, "dbus": {"enabled": True, "bus": address}}
 
 
-def test_wait_exits_degraded_and_a_rollback_clears_it(sim, make_klpd, dbus_address) -> None:  # type: ignore[no-untyped-def]
+def test_wait_exits_degraded_and_a_rollback_clears_it(
+    sim: SimKernel, make_klpd: MakeKlpd, dbus_address: str
+) -> None:
     sim.modprobe("ext4")
     make_klpd(_bus(dbus_address, desired=["lpa", "lpbad"])).start()
     done = run_klpctl(dbus_address, "wait", "--timeout", "60")
@@ -40,7 +43,9 @@ def test_wait_exits_degraded_and_a_rollback_clears_it(sim, make_klpd, dbus_addre
     assert "Invalid argument" in errors["lpbad__ext4"]
 
 
-def test_wait_waits_for_klpd_to_appear(sim, make_klpd, dbus_address) -> None:  # type: ignore[no-untyped-def]
+def test_wait_waits_for_klpd_to_appear(
+    sim: SimKernel, make_klpd: MakeKlpd, dbus_address: str
+) -> None:
     done = run_klpctl(dbus_address, "wait", "--timeout", "0.5")
     assert done.returncode == ctl.EXIT_NOT_RUNNING
     assert "did not appear" in done.stderr
@@ -60,7 +65,9 @@ def test_wait_waits_for_klpd_to_appear(sim, make_klpd, dbus_address) -> None:  #
     assert {"lpa__vmlinux"} <= applied(sim)
 
 
-def test_plan_predicts_and_changes_nothing(sim, make_klpd, dbus_address) -> None:  # type: ignore[no-untyped-def]
+def test_plan_predicts_and_changes_nothing(
+    sim: SimKernel, make_klpd: MakeKlpd, dbus_address: str
+) -> None:
     sim.modprobe("ext4")
     make_klpd(_bus(dbus_address, exclude=["lpb", "lpbad"])).start()
     assert run_klpctl(dbus_address, "wait", "--timeout", "60").returncode == 0

@@ -19,7 +19,8 @@ from dbus_helpers import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
-from klpd_harness import applied, loaded, wait_for
+from klpd_harness import MakeKlpd, applied, loaded, wait_for
+from klpd_sim.harness import SimKernel
 
 from klpd.client import ctl, render
 from klpd.core.model import OverallState
@@ -506,7 +507,7 @@ def run_klpctl(
     return done
 
 
-def test_real_klpd_over_dbus(sim, make_klpd, dbus_address: str) -> None:  # type: ignore[no-untyped-def]
+def test_real_klpd_over_dbus(sim: SimKernel, make_klpd: MakeKlpd, dbus_address: str) -> None:
     sim.modprobe("ext4")
     k = make_klpd({"patches": {"desired": ["lpa"]}, "dbus": {"enabled": True, "bus": dbus_address}})
     k.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import select
+from collections.abc import Callable
 
 from klpd_sim.uevent import send_module_uevent
 
@@ -13,9 +14,9 @@ from klpd.kernel.udev import ModuleEvent, UdevSource
 MARK = {"KLPD_TEST": "udev"}
 
 
-async def _until(cond: object, timeout: float = 10.0) -> None:
+async def _until(cond: Callable[[], object], timeout: float = 10.0) -> None:
     async def poll() -> None:
-        while not cond():  # type: ignore[operator]
+        while not cond():
             await asyncio.sleep(0.01)
 
     await asyncio.wait_for(poll(), timeout)

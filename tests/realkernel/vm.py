@@ -70,9 +70,13 @@ class GuestRun:
     markers: dict[str, float] = field(default_factory=dict)
 
 
-def _run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # type: ignore[call-overload, no-any-return]
-        argv, stdin=subprocess.DEVNULL, text=True, env={**os.environ, "LANG": "C.UTF-8"}, **kwargs
+def _run(argv: list[str], *, capture_output: bool = False) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "LANG": "C.UTF-8"},
+        capture_output=capture_output,
     )
 
 
@@ -463,12 +467,12 @@ def transitions_from_dmesg(dmesg: list[list[object]]) -> list[dict[str, object]]
     for ts, msg in dmesg:
         m = re.search(r"livepatch: '([^']+)': starting (patching|unpatching) transition", str(msg))
         if m and ts is not None:
-            starts[m.group(1)] = (m.group(2), float(ts))  # type: ignore[arg-type]
+            starts[m.group(1)] = (m.group(2), float(str(ts)))
             continue
         m = re.search(r"livepatch: '([^']+)': (patching|unpatching) complete", str(msg))
         if m and m.group(1) in starts and ts is not None:
             kind, t0 = starts.pop(m.group(1))
-            end = float(ts)  # type: ignore[arg-type]
+            end = float(str(ts))
             out.append(
                 {"patch": m.group(1), "direction": kind, "start": t0, "seconds": round(end - t0, 6)}
             )

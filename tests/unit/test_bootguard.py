@@ -45,7 +45,7 @@ def test_closed_after_grace_period(tmp_path: Path) -> None:
     assert g.open_modules == ("lpa__vmlinux",)
     clock.now += 1
     assert g.settle() is None
-    assert g.open_modules == ()
+    assert not g.open_modules
     # a reboot now quarantines nothing
     assert guard(tmp_path, "boot-2", clock).quarantined == {}
 
@@ -97,7 +97,7 @@ def test_restart_in_the_same_boot_is_not_a_crash(tmp_path: Path) -> None:
     assert again.quarantined == {}
     assert again.open_modules == ("lpa__vmlinux",)
     clock.now += 61
-    assert again.settle() is None and again.open_modules == ()
+    assert again.settle() is None and not again.open_modules
 
 
 def test_clean_failure_closes_the_record(tmp_path: Path) -> None:

@@ -58,6 +58,11 @@ def test_good_modules_by_name_and_file(
     assert str(ext4["softdep"]).startswith("unsafe: it depends on ext4")
 
 
+def _strings(value: object) -> list[str]:
+    assert isinstance(value, list)
+    return [str(v) for v in value]
+
+
 def test_every_problem_listed(
     tmp_path: Path, catalog: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -65,7 +70,7 @@ def test_every_problem_listed(
         tmp_path, capsys, "lprep__vmlinux", "lptwo__vmlinux", "lpdyn__vmlinux", "lpold__vmlinux"
     )
     assert rc == 1
-    problems = {str(r["module"]): r["problems"] for r in reports}
+    problems = {str(r["module"]): _strings(r["problems"]) for r in reports}
     assert problems["lprep__vmlinux"] == [
         "atomic-replace patch (its struct klp_patch sets .replace = true): loading it would "
         "replace every other livepatch on the system"
@@ -116,7 +121,7 @@ def test_corrupt_and_foreign_files(
     text.write_text("hello")
     rc, reports = run(tmp_path, capsys, str(trunc), str(text))
     assert rc == 1
-    assert any("past the end of the file" in p for p in reports[0]["problems"])  # type: ignore[attr-defined]
+    assert any("past the end of the file" in p for p in _strings(reports[0]["problems"]))
     assert "not a module file name" in str(reports[1]["problems"])
 
 

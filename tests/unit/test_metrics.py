@@ -6,6 +6,7 @@ import os
 import re
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,7 +61,7 @@ def parse(text: str) -> tuple[Samples, dict[str, str]]:
     return samples, types
 
 
-def snapshot(**kw: object) -> Snapshot:
+def snapshot(**kw: Any) -> Snapshot:
     patches = (
         PatchReport(
             name="lpa",
@@ -75,14 +76,14 @@ def snapshot(**kw: object) -> Snapshot:
         ),
         PatchReport(name="lpb", status=PatchStatus.APPLIED, desired=True, series="lpb", version=2),
     )
-    args: dict[str, object] = {
+    args: dict[str, Any] = {
         "state": OverallState.DEGRADED,
         "kernel_release": "6.1.0-test",
         "patches": patches,
         "last_reconcile": 1764086400.25,
     }
     args.update(kw)
-    return Snapshot(**args)  # type: ignore[arg-type]
+    return Snapshot(**args)
 
 
 def test_format() -> None:
