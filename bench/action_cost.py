@@ -145,7 +145,7 @@ async def amain(args: argparse.Namespace) -> None:
     # sysfs lives in memory: lay the tree out on tmpfs where there is one
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     work = Path(tempfile.mkdtemp(prefix="klpd-bench-action-", dir=shm))
-    results = []
+    results: list[tuple[int, int, int, float, dict[str, float]]] = []
     try:
         modprobe = shutil.which("modprobe") or "/usr/sbin/modprobe"
         kmod_ns = await spawn_cost([modprobe, "--version"], args.spawns)
@@ -168,7 +168,11 @@ async def amain(args: argparse.Namespace) -> None:
     report(results, kmod_ns, args)
 
 
-def report(results, kmod_ns: float, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
+def report(
+    results: list[tuple[int, int, int, float, dict[str, float]]],
+    kmod_ns: float,
+    args: argparse.Namespace,
+) -> None:
     print(
         f"action_cost: klpd's own work after every action (idle reconcile pass = read sysfs +"
         f" plan + publish), {args.targets} live targets, median of {args.passes} passes"

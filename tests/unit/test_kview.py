@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -114,7 +115,9 @@ def apply(tree: Tree, op: str, m: str) -> None:
         max_size=12,
     )
 )
-def test_refresh_reads_what_a_full_read_reads(tmp_path_factory, rounds) -> None:  # type: ignore[no-untyped-def]
+def test_refresh_reads_what_a_full_read_reads(
+    tmp_path_factory: pytest.TempPathFactory, rounds: list[list[tuple[str, str]]]
+) -> None:
     sys = tmp_path_factory.mktemp("sys")
     (sys / "module/builtin_thing/parameters").mkdir(parents=True)
     (sys / "kernel/livepatch").mkdir(parents=True)
