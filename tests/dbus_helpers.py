@@ -22,13 +22,9 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import pytest
-from dbus_fast import Variant
-from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import DBusSignature
-from dbus_fast.service import ServiceInterface, dbus_method
 
 from klpd.core.model import (
     Action,
@@ -282,42 +278,6 @@ class FakeController:
         except TimeoutError:
             return False
         return True
-
-
-# --- a fake polkit authority on the private bus -------------------------------------------
-
-PolkitResult = Annotated[tuple[bool, bool, dict[str, str]], DBusSignature("(bba{ss})")]
-Subject = Annotated[tuple[str, dict[str, Variant]], DBusSignature("(sa{sv})")]
-
-
-class FakePolkit(ServiceInterface):
-    """``org.freedesktop.PolicyKit1.Authority.CheckAuthorization`` with a set verdict."""
-
-    def __init__(self, allow: bool) -> None:
-        super().__init__("org.freedesktop.PolicyKit1.Authority")
-        self.allow = allow
-        self.checks: list[tuple[str, str, int]] = []
-
-    @dbus_method()
-    def CheckAuthorization(
-        self,
-        subject: Subject,
-        action_id: Annotated[str, DBusSignature("s")],
-        details: Annotated[dict[str, str], DBusSignature("a{ss}")],
-        flags: Annotated[int, DBusSignature("u")],
-        cancellation_id: Annotated[str, DBusSignature("s")],
-    ) -> PolkitResult:
-        kind, props = subject
-        self.checks.append((f"{kind}:{props['name'].value}", action_id, flags))
-        return (self.allow, False, {})
-
-
-async def start_fake_polkit(address: str, allow: bool) -> tuple[MessageBus, FakePolkit]:
-    bus = await MessageBus(bus_address=address).connect()
-    authority = FakePolkit(allow)
-    bus.export("/org/freedesktop/PolicyKit1/Authority", authority)
-    await bus.request_name("org.freedesktop.PolicyKit1")
-    return bus, authority
 
 
 def run_env(address: str) -> dict[str, Any]:

@@ -6,7 +6,7 @@ here and nowhere else. Reads are open; Reload/EnablePatch/DisablePatch go throug
 ``docs/dbus.md`` and ``docs/io.github.Klpd1.xml``.
 """
 
-from __future__ import annotations
+# No "from __future__ import annotations": see klpd.dbus.signatures.
 
 import contextvars
 import json
@@ -14,7 +14,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 from dbus_fast import (
     BusType,
@@ -27,15 +27,29 @@ from dbus_fast import (
     Variant,
 )
 from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import DBusBool, DBusDouble, DBusSignature, DBusStr, DBusUInt32
 from dbus_fast.constants import PropertyAccess
-from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
+
+# dbus-fast 2.x names them method/signal; 3.x+ keeps those as aliases of dbus_method/dbus_signal.
+from dbus_fast.service import ServiceInterface, dbus_property
+from dbus_fast.service import method as dbus_method
+from dbus_fast.service import signal as dbus_signal
 
 import klpd
 from klpd.core.names import NameError_, validate_patch_name
 from klpd.core.status import Controller, Event, EventKind, PatchReport, Snapshot
 from klpd.dbus import auth, names
 from klpd.dbus.errors import Busy, InvalidArgument, UnknownPatch, to_dbus_error
+from klpd.dbus.signatures import (
+    BlockingList,
+    DBusBool,
+    DBusDouble,
+    DBusStr,
+    DBusUInt32,
+    NoReply,
+    PatchList,
+    PlanOptions,
+    SignalBody,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,10 +64,6 @@ _current_call: contextvars.ContextVar[Message | None] = contextvars.ContextVar(
 ModuleWire = tuple[str, str, str, bool, bool, str]
 PatchWire = tuple[str, str, bool, str, int, str, list[ModuleWire]]
 BlockingWire = tuple[int, str, int, str]
-# dbus-fast reads "-> None" as a type, not as "no out arguments"
-NoReply = Annotated[None, DBusSignature("")]
-SignalBody = Annotated[list[str], DBusSignature("sss")]
-PlanOptions = Annotated[dict[str, Variant], DBusSignature("a{sv}")]
 _PLAN_OPTIONS = {"rescan": "b", "enable": "as", "disable": "as"}
 
 
@@ -192,7 +202,7 @@ class ManagerInterface(ServiceInterface):
         return self._controller.snapshot().to_json()
 
     @dbus_method()
-    def ListPatches(self) -> Annotated[list[PatchWire], DBusSignature("a(ssbsusa(sssbbs))")]:
+    def ListPatches(self) -> PatchList:
         return [patch_to_wire(p) for p in self._controller.snapshot().patches]
 
     @dbus_method()
@@ -203,7 +213,7 @@ class ManagerInterface(ServiceInterface):
         return json.dumps(asdict(report), sort_keys=True)
 
     @dbus_method()
-    def ListBlockingTasks(self) -> Annotated[list[BlockingWire], DBusSignature("a(usis)")]:
+    def ListBlockingTasks(self) -> BlockingList:
         return [
             (t.pid, t.comm, t.patch_state, t.stack or "") for t in self._controller.blocking_tasks()
         ]
@@ -348,13 +358,14 @@ class DbusService:
 
 async def connect_bus(bus: str) -> MessageBus:
     """``"system"``, ``"session"`` or a D-Bus address, connected."""
-    if bus == "system":
-        msgbus = MessageBus(bus_type=BusType.SYSTEM)
-    elif bus == "session":
-        msgbus = MessageBus(bus_type=BusType.SESSION)
-    else:
-        msgbus = MessageBus(bus_address=bus)
+    # dbus-fast 2.x already connects the socket in MessageBus(), 3.x+ in connect().
     try:
+        if bus == "system":
+            msgbus = MessageBus(bus_type=BusType.SYSTEM)
+        elif bus == "session":
+            msgbus = MessageBus(bus_type=BusType.SESSION)
+        else:
+            msgbus = MessageBus(bus_address=bus)
         return await msgbus.connect()
     except Exception as e:
         raise DbusStartError(f"cannot connect to the {bus} bus: {e}") from e

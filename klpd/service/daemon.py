@@ -187,7 +187,8 @@ def kill_switch(proc_root: Path) -> bool:
     return "klpd.enable=0" in words
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """klpd's options (also the source of the klpd(8) man page)."""
     p = argparse.ArgumentParser(
         prog="klpd", description="Orchestrate split kernel livepatch modules."
     )
@@ -198,7 +199,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bus", help="D-Bus bus: system, session, or an address (overrides dbus.bus)")
     p.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
     p.add_argument("--version", action="version", version=f"klpd {__version__}")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

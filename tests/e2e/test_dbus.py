@@ -20,8 +20,8 @@ from dbus_fast.introspection import Node
 from dbus_helpers import (
     AS_NOBODY,
     FakeController,
-    start_fake_polkit,
 )
+from fake_polkit import start_fake_polkit
 
 from klpd.core.model import OverallState
 from klpd.core.status import (

@@ -1,0 +1,59 @@
+"""A fake polkit authority for the private test bus (``start_fake_polkit``).
+
+No ``from __future__ import annotations`` here, as in klpd.dbus.service: dbus-fast 2.x
+(Debian 13's) reads a member's signature from the annotation's value.
+"""
+
+from typing import TYPE_CHECKING
+
+from dbus_fast.aio import MessageBus
+
+# dbus-fast 2.x names them method/signal; 3.x+ keeps those as aliases of dbus_method/dbus_signal.
+from dbus_fast.service import ServiceInterface
+from dbus_fast.service import method as dbus_method
+
+from klpd.dbus.signatures import DBusStr, DBusUInt32
+
+if TYPE_CHECKING:
+    from typing import Annotated
+
+    from dbus_fast import Variant
+    from dbus_fast.annotations import DBusSignature
+
+    PolkitResult = Annotated[tuple[bool, bool, dict[str, str]], DBusSignature("(bba{ss})")]
+    Subject = Annotated[tuple[str, dict[str, Variant]], DBusSignature("(sa{sv})")]
+    Details = Annotated[dict[str, str], DBusSignature("a{ss}")]
+else:
+    PolkitResult = "(bba{ss})"
+    Subject = "(sa{sv})"
+    Details = "a{ss}"
+
+
+class FakePolkit(ServiceInterface):
+    """``org.freedesktop.PolicyKit1.Authority.CheckAuthorization`` with a set verdict."""
+
+    def __init__(self, allow: bool) -> None:
+        super().__init__("org.freedesktop.PolicyKit1.Authority")
+        self.allow = allow
+        self.checks: list[tuple[str, str, int]] = []
+
+    @dbus_method()
+    def CheckAuthorization(
+        self,
+        subject: Subject,
+        action_id: DBusStr,
+        details: Details,
+        flags: DBusUInt32,
+        cancellation_id: DBusStr,
+    ) -> PolkitResult:
+        kind, props = subject
+        self.checks.append((f"{kind}:{props['name'].value}", action_id, flags))
+        return (self.allow, False, {})
+
+
+async def start_fake_polkit(address: str, allow: bool) -> tuple[MessageBus, FakePolkit]:
+    bus = await MessageBus(bus_address=address).connect()
+    authority = FakePolkit(allow)
+    bus.export("/org/freedesktop/PolicyKit1/Authority", authority)
+    await bus.request_name("org.freedesktop.PolicyKit1")
+    return bus, authority
