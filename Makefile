@@ -2,16 +2,31 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench install clean
+MINPY := build/venv-min/bin/python
+
+.PHONY: setup setup-demo demo test test-min lint bench deb install clean
 
 setup:
-	./scripts/setup.sh
+	./scripts/setup.sh test
 
-demo: setup
+setup-demo:
+	./scripts/setup.sh demo
+
+demo: setup-demo
 	$(PY) scripts/demo.py
 
+# The whole suite, then its unit and e2e parts again on the oldest dependency versions
+# pyproject.toml admits (tests/min-versions.txt).
 test: setup
 	$(PY) -m pytest -ra
+	$(MINPY) -m pytest -ra -p no:cacheprovider tests/unit tests/e2e
+
+test-min: setup
+	$(MINPY) -m pytest -ra -p no:cacheprovider tests/unit tests/e2e
+
+# The Debian 13 package, built in a trixie chroot: build/deb/klpd_<version>_all.deb
+deb: setup
+	./scripts/build-deb.sh
 
 lint: setup
 	$(VENV)/bin/ruff check klpd sim tests bench scripts
@@ -29,4 +44,4 @@ install: setup
 	./scripts/install.sh
 
 clean:
-	rm -rf build $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf build $(VENV) debian/.debhelper debian/klpd debian/files .pytest_cache .mypy_cache .ruff_cache .hypothesis
