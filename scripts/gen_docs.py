@@ -49,7 +49,7 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
             continue
         flags = ", ".join(f"\\fB{roff(o)}\\fR" for o in action.option_strings)
         if action.nargs != 0:
-            flags += f" \\fI{roff(action.metavar or action.dest.upper())}\\fR"
+            flags += f" \\fI{roff(str(action.metavar or action.dest.upper()))}\\fR"
         out += [".TP", flags, roff(action.help or "")]
     return out
 
@@ -140,7 +140,7 @@ def klpctl_page() -> str:
 def _options_for(action: argparse.Action) -> list[str]:
     flags = ", ".join(f"\\fB{roff(o)}\\fR" for o in action.option_strings)
     if action.nargs != 0:
-        flags += f" \\fI{roff(action.metavar or action.dest.upper())}\\fR"
+        flags += f" \\fI{roff(str(action.metavar or action.dest.upper()))}\\fR"
     return [flags, roff(action.help or "")]
 
 
@@ -204,8 +204,8 @@ _klpctl() {{
     elif [[ $verb == @({patch_verbs}) ]]; then
         # patch names as klpd knows them (quietly nothing when klpd is not reachable)
         mapfile -t COMPREPLY < <(compgen -W "$(klpctl list --json 2>/dev/null |
-            python3 -c 'import json,sys; print(*(p["name"] for p in json.load(sys.stdin)["patches"]))' \\
-            2>/dev/null)" -- "$cur")
+            python3 -c 'import json, sys
+print(*(p["name"] for p in json.load(sys.stdin)["patches"]))' 2>/dev/null)" -- "$cur")
     fi
 }}
 complete -F _klpctl klpctl

@@ -1,7 +1,7 @@
-"""The shipped ``etc/klpd/klpd.toml``, ``docs/config.md`` and klpd.toml(5), generated from the models in
-:mod:`klpd.service.config`: each setting is declared once (type, default, bounds, description)
-and both files come from that declaration; tests keep the shipped files equal to what this
-renders."""
+"""The shipped ``etc/klpd/klpd.toml``, ``docs/config.md`` and klpd.toml(5), generated from the
+models in :mod:`klpd.service.config`: each setting is declared once (type, default, bounds,
+description) and every file comes from that declaration; tests keep the shipped files equal
+to what this renders."""
 
 from __future__ import annotations
 
