@@ -10,6 +10,7 @@ atomic-replace patch wipes every other livepatch. Every call is recorded in ``ca
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ class FakeKernel:
     broken: dict[str, str] = field(default_factory=dict)  # module -> modprobe's stderr
     stalled: set[str] = field(default_factory=set)  # patching transitions that never end
     replace: set[str] = field(default_factory=set)  # atomic-replace modules
+    replace_attr: bool = True  # sysfs shows ``replace`` (6.11+); False: as on 6.1
     calls: list[tuple[str, ...]] = field(default_factory=list)
 
     # --- the port ----------------------------------------------------------------------
@@ -66,12 +68,16 @@ class FakeKernel:
         return KernelState(
             release=self.release,
             modules=modules,
-            livepatches={n: p.view(self.targets) for n, p in self.patches.items()},
+            livepatches={n: self._view(p) for n, p in self.patches.items()},
         )
+
+    def _view(self, p: FakePatch) -> LivePatchState:
+        view = p.view(self.targets)
+        return view if self.replace_attr else dataclasses.replace(view, replace=None)
 
     def read_livepatch(self, module: str) -> LivePatchState | None:
         p = self.patches.get(module)
-        return None if p is None else p.view(self.targets)
+        return None if p is None else self._view(p)
 
     def in_transition(self, module: str) -> bool:
         p = self.patches.get(module)

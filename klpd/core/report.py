@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from klpd.core.model import Action, ActionKind, Catalog, KernelState, OverallState, PatchModule
 from klpd.core.planner import NotDesired, Unwanted
@@ -24,6 +24,7 @@ def _module_report(
     failures: Mapping[str, str],
     refused: bool,
     refusal: str = "",
+    quarantined: bool = False,
 ) -> ModuleReport:
     lp = state.livepatches.get(pm.module)
     loaded = pm.module in state.modules
@@ -33,6 +34,8 @@ def _module_report(
     if refused:
         status = ModuleStatus.REFUSED
         error = error or refusal
+    elif quarantined and lp is None:
+        status = ModuleStatus.QUARANTINED
     elif pm.module in unapplying or (lp is not None and not lp.enabled):
         status = ModuleStatus.UNAPPLYING
     elif lp is not None and lp.transition:
@@ -59,6 +62,12 @@ def _module_report(
     )
 
 
+def _refusal(patch: str, notes: Mapping[str, NotDesired], refusals: Mapping[str, str]) -> str:
+    if patch in refusals:
+        return f"refused: {refusals[patch]}"
+    return str(notes.get(patch, "")) or "refused: atomic-replace patch"
+
+
 def _patch_status(
     desired: bool, note: NotDesired | None, mods: Sequence[ModuleReport]
 ) -> PatchStatus:
@@ -71,7 +80,7 @@ def _patch_status(
         return PatchStatus.RETIRED
     needed = [m for m in mods if m.obj == "vmlinux" or m.object_loaded]
     done = [m for m in needed if m.status is ModuleStatus.APPLIED]
-    failed = [m for m in needed if m.status is ModuleStatus.FAILED]
+    failed = [m for m in needed if m.status in (ModuleStatus.FAILED, ModuleStatus.QUARANTINED)]
     if needed and len(done) == len(needed):
         return PatchStatus.APPLIED
     if failed and not done:
@@ -128,7 +137,11 @@ def build_snapshot(
     overall: OverallState,
     last_error: str,
     last_reconcile: float,
+    refusals: Mapping[str, str] | None = None,
+    quarantined: Collection[str] = (),
 ) -> Snapshot:
+    """``refused`` patches are shown with ``refusals[patch]`` (why) when given;
+    ``quarantined`` modules (the boot-loop guard) are shown as such until cleared."""
     pending_load = {a.module for a in pending if a.kind is ActionKind.LOAD}
     unapplying = {a.module for a in pending if a.kind is not ActionKind.LOAD}
     patches: list[PatchReport] = []
@@ -142,7 +155,8 @@ def build_snapshot(
                 unapplying,
                 failures,
                 is_refused,
-                str(notes.get(patch.name, "")) or "refused: atomic-replace patch",
+                _refusal(patch.name, notes, refusals or {}),
+                pm.module in quarantined,
             )
             for pm in sorted(patch.modules.values(), key=lambda m: (m.obj != "vmlinux", m.obj))
         )

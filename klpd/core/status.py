@@ -31,6 +31,7 @@ class ModuleStatus(StrEnum):
     UNAPPLYING = "unapplying"  # being disabled / removed
     FAILED = "failed"  # last attempt failed; see error
     REFUSED = "refused"  # klpd will not load it (atomic-replace, bad name, ...)
+    QUARANTINED = "quarantined"  # the machine went down right after it was loaded
 
 
 class PatchStatus(StrEnum):
@@ -132,7 +133,6 @@ class Event:
 
 
 Listener = Callable[[Event], None]
-
 
 
 class ControlError(Exception):

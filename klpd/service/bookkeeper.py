@@ -10,7 +10,7 @@ True: the orchestrator then selects the desired patches again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 from klpd.core.model import ActionKind, KernelState, PatchModule
@@ -36,7 +36,7 @@ class LoadHook(Protocol):
 
 
 class Bookkeeper:
-    __slots__ = ("_counters", "_guard", "_hooks", "_memory", "_reporter")
+    __slots__ = ("_counters", "_guard", "_hooks", "_memory", "_replace_marked", "_reporter")
 
     def __init__(
         self,
@@ -48,6 +48,7 @@ class Bookkeeper:
     ) -> None:
         self._memory, self._guard, self._reporter = memory, guard, reporter
         self._counters, self._hooks = counters, tuple(hooks)
+        self._replace_marked: frozenset[str] = frozenset()
 
     def refuse_to_load(self, pm: PatchModule) -> bool:
         """The pre-load seam: True when a hook refused ``pm``'s patch (now refused)."""
@@ -92,14 +93,29 @@ class Bookkeeper:
                 log.error("%s", f.error, extra={"PATCH": f.patch, "MODULE": f.module})
             self._reporter.emit(Event(EventKind.PATCH_FAILED, f.patch, f.module, f.message))
 
-    def observe(self, state: KernelState, managed: dict[str, PatchModule]) -> bool:
+    def observe(
+        self,
+        state: KernelState,
+        managed: dict[str, PatchModule],
+        replace_known: Collection[str] = (),
+    ) -> bool:
         """Patches we saw applied vanished without us disabling them: say it loudly; the
         planner restores them (stale → reload) and, if the replace patch is ours, takes it
-        away. True when a patch got refused."""
-        findings = self._guard.observe(state, managed, self._memory.refused_patches())
+        away. An atomic-replace patch still applied is a failure (DEGRADED) until it is
+        gone. True when a patch got refused."""
+        findings = self._guard.observe(
+            state, managed, self._memory.refused_patches(), replace_known
+        )
         if findings.wipe:
             log.error(findings.wipe, extra={"ACTION": "replace-detected"})
             self._reporter.set_error(findings.wipe)
+        for name in self._replace_marked - findings.replace_applied:
+            self._memory.failures.pop(name, None)
+        for name in findings.replace_applied - self._replace_marked:
+            why = "an atomic-replace patch is applied: it replaced every other livepatch"
+            self._memory.failures[name] = why
+            log.error("%s: %s", name, why, extra={"MODULE": name, "ACTION": "replace-applied"})
+        self._replace_marked = findings.replace_applied
         refused = [self.refuse(r) for r in findings.refusals]
         return any(refused)
 

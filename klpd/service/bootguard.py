@@ -23,6 +23,7 @@ Nothing here runs the loop; the orchestrator calls :meth:`BootGuard.opening`,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -31,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from klpd.core.model import PatchModule
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +110,15 @@ class BootGuard:
                 log.error("%s: ignoring a malformed open record %r", self.path, entry)
         same_boot = [o for o in left if o.boot_id == self.boot_id]
         earlier = [o for o in left if o.boot_id != self.boot_id]
-        # klpd restarted in the same boot: the machine did not go down; keep watching them.
-        self._open = {o.module: o for o in same_boot}
+        # klpd restarted in the same boot: the machine did not go down; keep watching them,
+        # from now if klpd died before it saw the module applied.
+        now = self._clock()
+        self._open = {
+            o.module: o
+            if o.applied_at is not None
+            else OpenLoad(o.module, o.boot_id, o.started_at, now)
+            for o in same_boot
+        }
         if earlier and self.boot_id:
             culprit = max(earlier, key=lambda o: o.started_at)
             q = Quarantine(
@@ -227,3 +237,32 @@ class BootGuard:
 def _entries(data: dict[str, Any], key: str) -> list[Any]:
     value = data.get(key, [])
     return value if isinstance(value, list) else []
+
+
+class BootGuardHook:
+    """The guard as an orchestrator load hook: a record opened before each load, its grace
+    period started when the module is applied, closed by a timer on the running loop (no
+    polling: one timer for the next record due)."""
+
+    __slots__ = ("_timer", "guard")
+
+    def __init__(self, guard: BootGuard) -> None:
+        self.guard = guard
+        self._timer: asyncio.TimerHandle | None = None
+
+    def before_load(self, module: PatchModule) -> str | None:
+        self.guard.opening(module.module)
+        return None
+
+    def applied(self, module: PatchModule) -> None:
+        self.guard.applied(module.module)
+        self.schedule()
+
+    def schedule(self) -> None:
+        """Close what is due; arm the timer for the next record (if any)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        due = self.guard.settle()
+        if due is not None:
+            self._timer = asyncio.get_running_loop().call_later(due, self.schedule)

@@ -22,7 +22,7 @@ from klpd.kernel.udev import ModuleEvent, UdevSource
 from klpd.service.config import DEFAULT_PATH, Config, ConfigError, load_config
 from klpd.service.controls import Control
 from klpd.service.logs import setup_logging
-from klpd.service.orchestrator import Orchestrator
+from klpd.service.orchestrator import Orchestrator, host_guards
 from klpd.service.sdnotify import Notifier
 
 TYPE_CHECKING = False  # dbus_fast is imported only when D-Bus is enabled
@@ -56,7 +56,8 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.notifier = Notifier()
-        self.orchestrator = Orchestrator(config)
+        inspector, bootguard = host_guards(config)
+        self.orchestrator = Orchestrator(config, inspector=inspector, bootguard=bootguard)
         self.control = Control(self.orchestrator, config_loader=self._load_config)
         self._stop = asyncio.Event()
         self._dbus: DbusService | None = None

@@ -2,15 +2,23 @@
 (DOMAIN.md, measured on 6.1 and 6.12), so klpd refuses them and notices when one got loaded
 anyway.
 
-Two ways to notice: sysfs ``replace=1`` (6.11+), or, on any kernel, patches klpd saw applied
+Ways to notice: sysfs ``replace=1`` (6.11+); the module file's own ``struct klp_patch``
+(inspection, for the patches klpd manages); or, on any kernel, patches klpd saw applied
 that vanished without klpd disabling them (:func:`klpd.core.observe.wiped_by_replace`). The
 guard remembers what was applied and what this process loaded itself; it decides, the
 orchestrator acts (refuse the culprit, replan: the planner restores the wiped patches).
+
+Naming the culprit of a wipe: an atomic-replace patch is one of the patches still enabled
+after it. Known replace patches first (sysfs, inspection); then what is enabled and not
+loaded by klpd; and when klpd loaded every one of them, klpd's most recent load (the wipe
+happens when the replace patch's transition ends, and klpd loads one module at a time and
+looks after each). A replace patch stays reported (the state is DEGRADED) while it is
+applied.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from klpd.core.model import KernelState, PatchModule
@@ -28,24 +36,32 @@ class Refusal:
 class Findings:
     refusals: tuple[Refusal, ...] = ()
     wipe: str = ""  # what to say loudly when patches were wiped ("" when none were)
+    replace_applied: frozenset[str] = frozenset()  # atomic-replace livepatches enabled now
 
 
 class ReplaceGuard:
-    __slots__ = ("applied_seen", "loaded_by_us")
+    __slots__ = ("applied_seen", "loaded_by_us", "replace_seen")
 
     def __init__(self) -> None:
         self.applied_seen: set[str] = set()  # enabled at the last look
-        self.loaded_by_us: set[str] = set()  # this process's own loads, still applied
+        # this process's own loads, still applied, oldest first (a dict: an ordered set)
+        self.loaded_by_us: dict[str, None] = {}
+        self.replace_seen: set[str] = set()  # known atomic-replace patches, enabled
 
     def observe(
         self,
         state: KernelState,
         managed: Mapping[str, PatchModule],
         refused: Collection[str],
+        replace_known: Collection[str] = (),
     ) -> Findings:
         """Look at a fresh kernel state: which managed patches to refuse, and whether an
-        atomic-replace patch wiped the others since the last look."""
+        atomic-replace patch wiped the others since the last look. ``replace_known``: enabled
+        livepatches whose module file says atomic-replace."""
         refusals: list[Refusal] = []
+        enabled = {n for n, lp in state.livepatches.items() if lp.enabled}
+        known = {n for n in enabled if state.livepatches[n].replace or n in replace_known}
+        known |= self.replace_seen & enabled
         for name, lp in state.livepatches.items():
             pm = managed.get(name)
             if lp.replace and pm is not None and pm.patch not in refused:
@@ -59,13 +75,24 @@ class ReplaceGuard:
         )
         message = ""
         if wipe is not None:
+            culprits = sorted(known) or list(wipe.culprits) or self._latest_ours(enabled)
+            known |= set(culprits)
             message = (
                 f"livepatches {', '.join(sorted(wipe.gone))} were replaced by an atomic-replace "
-                f"patch ({', '.join(wipe.culprits) or 'unknown'}); restoring them"
+                f"patch ({', '.join(culprits) or 'unknown'}); restoring them"
             )
-            refusals += [Refusal(managed[c].patch, message) for c in wipe.culprits if c in managed]
-        self.applied_seen = {n for n, lp in state.livepatches.items() if lp.enabled}
-        return Findings(tuple(refusals), message)
+            refusals += [Refusal(managed[c].patch, message) for c in culprits if c in managed]
+        for name in sorted(known):
+            pm = managed.get(name)
+            if pm is not None and pm.patch not in refused:
+                refusals.append(Refusal(pm.patch, f"{name} is an applied atomic-replace patch"))
+        self.applied_seen = enabled
+        self.replace_seen = known
+        return Findings(_unique(refusals), message, frozenset(known))
+
+    def _latest_ours(self, enabled: Collection[str]) -> list[str]:
+        ours = [m for m in self.loaded_by_us if m in enabled]
+        return ours[-1:]
 
     def check_loaded(self, patch: str, module: str, replace: bool) -> Refusal | None:
         """A module klpd just loaded turned out to be an atomic-replace patch."""
@@ -76,9 +103,18 @@ class ReplaceGuard:
     def applied(self, module: str) -> None:
         """klpd loaded ``module`` and its transition completed."""
         self.applied_seen.add(module)
-        self.loaded_by_us.add(module)
+        self.loaded_by_us.pop(module, None)
+        self.loaded_by_us[module] = None
 
     def taken_away(self, module: str) -> None:
         """klpd disabled ``module``: its vanishing is no wipe."""
         self.applied_seen.discard(module)
-        self.loaded_by_us.discard(module)
+        self.loaded_by_us.pop(module, None)
+
+
+def _unique(refusals: Sequence[Refusal]) -> tuple[Refusal, ...]:
+    """One refusal per patch, the first given."""
+    seen: dict[str, Refusal] = {}
+    for r in refusals:
+        seen.setdefault(r.patch, r)
+    return tuple(seen.values())

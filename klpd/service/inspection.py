@@ -86,6 +86,8 @@ class ModuleInspector:
     # --- the orchestrator's load hook -----------------------------------------------------
 
     def before_load(self, module: PatchModule) -> str | None:
+        if not os.path.exists(module.path):
+            return None  # gone since the scan: modprobe fails and says so (not a refusal)
         v = self.verdict(module)
         return f"{module.module}: {'; '.join(v.refusals)}" if v.refused else None
 

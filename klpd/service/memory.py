@@ -9,6 +9,8 @@ this is the rest, each set with its own meaning and its own verbs:
 - ``incompatible``: modules built for another kernel (vermagic): never tried;
 - ``refused``: patch -> why klpd will not load it at all (atomic-replace seen at run time,
   a refusal of a pre-load hook); lasts until klpd restarts;
+- ``quarantined``: module -> why the boot-loop guard will not load it (the machine went
+  down right after its load); until an operator enables its patch (persisted by the guard);
 - ``pinned``: modules disabled but still referenced (a forced unpatching): they can never be
   removed, nothing waits for them any more; lasts until reboot (and survives a reload).
 
@@ -21,7 +23,7 @@ from collections.abc import Iterable
 
 
 class Memory:
-    __slots__ = ("avoided", "failures", "incompatible", "pinned", "refused")
+    __slots__ = ("avoided", "failures", "incompatible", "pinned", "quarantined", "refused")
 
     def __init__(self) -> None:
         self.failures: dict[str, str] = {}
@@ -29,6 +31,7 @@ class Memory:
         self.incompatible: set[str] = set()
         self.refused: dict[str, str] = {}
         self.pinned: set[str] = set()
+        self.quarantined: dict[str, str] = {}
 
     # --- modules ----------------------------------------------------------------------
 
@@ -55,7 +58,8 @@ class Memory:
     def forget_failures(self) -> None:
         """A reload: every failed module gets another chance; a pinned one stays a fact."""
         self.avoided.clear()
-        self.failures = {k: v for k, v in self.failures.items() if k in self.pinned}
+        keep = self.pinned | set(self.quarantined)
+        self.failures = {k: v for k, v in self.failures.items() if k in keep}
 
     def mark_incompatible(self, incompatible: dict[str, str]) -> None:
         """After a catalog scan: module -> why it cannot load on this kernel."""
@@ -70,8 +74,17 @@ class Memory:
         self.failures[module] = message
         return True
 
+    def quarantine(self, module: str, why: str) -> None:
+        self.quarantined[module] = why
+        self.failures[module] = why
+
+    def release(self, module: str) -> None:
+        """An operator cleared ``module``'s quarantine."""
+        if self.quarantined.pop(module, None) is not None:
+            self.failures.pop(module, None)
+
     def not_to_load(self) -> frozenset[str]:
-        return frozenset(self.avoided | self.incompatible)
+        return frozenset(self.avoided | self.incompatible | set(self.quarantined))
 
     # --- patches ----------------------------------------------------------------------
 
@@ -81,6 +94,10 @@ class Memory:
             return False
         self.refused[patch] = why
         return True
+
+    def unrefuse(self, patch: str) -> None:
+        """A refusal that no longer holds (the module file was replaced by a good one)."""
+        self.refused.pop(patch, None)
 
     def refused_patches(self) -> frozenset[str]:
         return frozenset(self.refused)

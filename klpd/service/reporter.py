@@ -106,9 +106,7 @@ class Reporter:
             state=pic.state,
             # a patch no longer desired (rolled back, superseded) keeps its failures in its
             # report as history, but they no longer make the host degraded
-            failures=current_failures(
-                mem.failures, pic.catalog, pic.selection.desired, mem.pinned
-            ),
+            failures=current_failures(mem.failures, pic.catalog, pic.selection.desired, mem.pinned),
             stalled=bool(current and current.stalled),
         )
         busy = current is not None or pic.requested.is_set() or not pic.last_reconcile
@@ -120,6 +118,8 @@ class Reporter:
             desired=pic.selection.desired,
             notes=pic.selection.notes,
             refused=mem.refused_patches(),
+            refusals=mem.refused,
+            quarantined=frozenset(mem.quarantined),
             pending=pic.pending,
             failures=mem.failures,
             transition=current.report() if current else None,
