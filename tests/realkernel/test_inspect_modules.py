@@ -13,6 +13,7 @@ import lzma
 import re
 import sys
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -90,10 +91,21 @@ def vmlinux_btf(vmlinuz: Path) -> bytes:
     if cached.exists():
         return cached.read_bytes()
     data = vmlinuz.read_bytes()
-    decoders = {
-        b"\xfd7zXZ\x00": lambda b: lzma.LZMADecompressor().decompress(b),
-        b"\x28\xb5\x2f\xfd": lambda b: zstandard.ZstdDecompressor().decompressobj().decompress(b),
-        b"\x1f\x8b\x08": lambda b: zlib.decompressobj(31).decompress(b),
+
+    def unxz(b: bytes) -> bytes:
+        return lzma.LZMADecompressor().decompress(b)
+
+    def unzstd(b: bytes) -> bytes:
+        out: bytes = zstandard.ZstdDecompressor().decompressobj().decompress(b)
+        return out
+
+    def gunzip(b: bytes) -> bytes:
+        return zlib.decompressobj(31).decompress(b)
+
+    decoders: dict[bytes, Callable[[bytes], bytes]] = {
+        b"\xfd7zXZ\x00": unxz,
+        b"\x28\xb5\x2f\xfd": unzstd,
+        b"\x1f\x8b\x08": gunzip,
     }
     for magic, decode in decoders.items():
         at = data.find(magic)

@@ -81,9 +81,7 @@ def _section_fields(annotation: object) -> dict[str, FieldInfo]:
 
 def test_every_key_has_a_default_test_and_a_description() -> None:
     declared = {
-        (s, k)
-        for s, info in Config.model_fields.items()
-        for k in _section_fields(info.annotation)
+        (s, k) for s, info in Config.model_fields.items() for k in _section_fields(info.annotation)
     }
     assert declared == {(s, k) for s, keys in DEFAULTS.items() for k in keys}
     for s, info in Config.model_fields.items():

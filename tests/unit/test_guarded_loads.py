@@ -158,7 +158,8 @@ async def test_replace_klpd_loaded_itself_is_named_taken_away_and_wipe_restored(
     assert "lpz__vmlinux" not in w.kernel.livepatch_modules
     snap = w.orch.reporter.snapshot()
     assert snap.state == "converged"
-    assert snap.patch("lpz") is not None and snap.patch("lpz").status is PatchStatus.REFUSED  # type: ignore[union-attr]
+    lpz = snap.patch("lpz")
+    assert lpz is not None and lpz.status is PatchStatus.REFUSED
 
 
 async def test_foreign_replace_patch_keeps_klpd_degraded_while_applied(tmp_path: Path) -> None:
