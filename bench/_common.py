@@ -9,7 +9,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,12 +73,11 @@ def read_calls(log: Path) -> list[Call]:
 
 
 def poll(cond: Callable[[], object], timeout: float, what: str, interval: float = 0.0005) -> None:
-    """Poll tightly (0.5 ms) — a busy loop would steal a core from klpd on 2 cores."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """:func:`klpd_sim.harness.wait_for`, polling tightly (0.5 ms) — a busy loop would steal
+    a core from klpd on 2 cores."""
+    from klpd_sim.harness import wait_for
+
+    wait_for(cond, timeout, what, interval=interval)
 
 
 def patch_applied(livepatch_dir: Path, name: str) -> bool:

@@ -21,18 +21,13 @@ import tempfile
 import threading
 from pathlib import Path
 
+from klpd_sim.bus import start_private_bus
 from klpd_sim.harness import SimKernel
 
 BIN = Path(sys.executable).parent
-BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default"><allow user="*"/><allow own="*"/>
-    <allow send_destination="*" eavesdrop="true"/><allow receive_sender="*"/></policy>
-</busconfig>
-"""
+SHIPPED_BUS_POLICY = (
+    Path(__file__).resolve().parent.parent / "etc/dbus-1/system.d/io.github.Klpd1.conf"
+)
 
 
 def step(text: str) -> None:
@@ -49,22 +44,6 @@ def drain(sock: socket.socket) -> None:
         pass
 
 
-def start_bus(work: Path) -> tuple[subprocess.Popen[bytes], str]:
-    cfg = work / "bus.conf"
-    cfg.write_text(BUS_CONFIG.format(socket=work / "bus.sock"))
-    with (work / "dbus-daemon.log").open("wb") as log:
-        proc = subprocess.Popen(
-            ["dbus-daemon", f"--config-file={cfg}", "--print-address", "--nofork"],
-            stdout=subprocess.PIPE,
-            stderr=log,
-        )
-    assert proc.stdout is not None
-    address = proc.stdout.readline().decode().strip()
-    if not address:
-        raise SystemExit("demo: dbus-daemon did not start")
-    return proc, address
-
-
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="klpd-demo-"))
     procs: list[subprocess.Popen[bytes]] = []
@@ -75,8 +54,9 @@ def main() -> int:
         sh(*sim.cli, "status")
 
         step("private D-Bus bus and the klpd daemon")
-        bus, address = start_bus(work)
-        procs.append(bus)
+        bus = start_private_bus(SHIPPED_BUS_POLICY)
+        procs.append(bus.process)
+        address = bus.address
         os.environ["KLPD_BUS_ADDRESS"] = address
         config = work / "klpd.toml"
         k = sim.config_overrides()["kernel"]
@@ -144,6 +124,8 @@ target = "stderr"
                     p.kill()
         if "sim" in locals():
             sim.stop()
+        if "bus" in locals():
+            bus.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

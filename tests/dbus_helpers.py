@@ -5,9 +5,10 @@ Reuse from any test module (there is no conftest here to do it for you)::
     from dbus_helpers import dbus_address  # noqa: F401  (the session fixture)
 
 ``dbus_address`` is a session-scoped fixture: one ``dbus-daemon --nofork`` per test
-session with a system-bus-like policy (deny by default, like /usr/share/dbus-1/system.conf)
-plus the shipped ``etc/dbus-1/system.d/io.github.Klpd1.conf``; the tests themselves run
-as root and so may own ``io.github.Klpd1``. Its socket is reachable by every uid, so a
+session with the private-bus configuration of :mod:`klpd_sim.bus` (deny by default, like
+/usr/share/dbus-1/system.conf, plus the shipped ``etc/dbus-1/system.d/io.github.Klpd1.conf``;
+the demo and the benchmarks use the same); the tests themselves run as root and so may
+own ``io.github.Klpd1``. Its socket is reachable by every uid, so a
 caller can be run as ``nobody`` (:data:`AS_NOBODY`). The daemon is killed at the end.
 """
 
@@ -15,16 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import klpd_sim.bus
 import pytest
+from klpd_sim.bus import PrivateBus
 
 from klpd.core.model import (
     Action,
@@ -56,69 +57,9 @@ SHIPPED_BUS_POLICY = REPO / "etc/dbus-1/system.d/io.github.Klpd1.conf"
 NOBODY = 65534
 AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 
-_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus"
-           send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus"
-           send_interface="org.freedesktop.DBus.Properties"/>
-  </policy>
-  <!-- test only: a fake polkit authority, owned by the (root) test process -->
-  <policy user="root">
-    <allow own="org.freedesktop.PolicyKit1"/>
-  </policy>
-  <policy context="default">
-    <allow send_destination="org.freedesktop.PolicyKit1"/>
-  </policy>
-  <include>{shipped}</include>
-</busconfig>
-"""
-
-
-@dataclass
-class PrivateBus:
-    address: str
-    process: subprocess.Popen[bytes]
-    directory: str
-
-    def stop(self) -> None:
-        self.process.kill()
-        self.process.wait()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
 def start_private_bus(shipped_policy: Path = SHIPPED_BUS_POLICY) -> PrivateBus:
-    """Start ``dbus-daemon`` and return once it printed its address (it is listening)."""
-    directory = tempfile.mkdtemp(prefix="klpd-dbus-")
-    os.chmod(directory, 0o755)  # callers run as nobody must reach the socket
-    config = Path(directory, "bus.conf")
-    config.write_text(_CONFIG.format(socket=f"{directory}/bus", shipped=shipped_policy))
-    proc = subprocess.Popen(
-        ["dbus-daemon", f"--config-file={config}", "--print-address", "--nofork"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    address = proc.stdout.readline().decode().strip()
-    if not address:
-        proc.kill()
-        raise RuntimeError(f"dbus-daemon did not start (exit {proc.wait()})")
-    return PrivateBus(address, proc, directory)
+    """The one private bus configuration (:mod:`klpd_sim.bus`), with the shipped policy."""
+    return klpd_sim.bus.start_private_bus(shipped_policy)
 
 
 @pytest.fixture(scope="session")

@@ -14,12 +14,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from klpd_sim.harness import SimKernel
+from klpd_sim.harness import SimKernel, wait_for
+
+__all__ = ["KlpdProcess", "MakeKlpd", "applied", "loaded", "wait_for"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,17 +55,6 @@ def merge(*dicts: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
         for section, keys in d.items():
             out.setdefault(section, {}).update(keys)
     return out
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what or cond}")
-        time.sleep(0.02)
 
 
 class KlpdProcess:

@@ -17,10 +17,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from klpd_sim.cli import request
 from klpd_sim.spec import DEFAULT_RELEASE, Spec, demo_spec, init_root
+
+T = TypeVar("T")
 
 
 class SimError(RuntimeError):
@@ -28,14 +30,17 @@ class SimError(RuntimeError):
 
 
 def wait_for(
-    condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01, what: str = ""
-) -> None:
-    """Poll ``condition`` until it holds; raise :class:`TimeoutError` after ``timeout``."""
+    condition: Callable[[], T], timeout: float = 10.0, what: str = "", *, interval: float = 0.02
+) -> T:
+    """Poll ``condition`` until it returns something true, and return that; raise
+    :class:`TimeoutError` after ``timeout`` seconds. The one wait of the tests, the demo and
+    the benchmarks: they wait on things outside their own process, with a deadline."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (value := condition()):
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what or condition}")
         time.sleep(interval)
+    return value
 
 
 class SimKernel:
@@ -91,7 +96,7 @@ class SimKernel:
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
-        wait_for(self._answers, self.start_timeout, 0.02, "the simulated kernel to start")
+        wait_for(self._answers, self.start_timeout, "the simulated kernel to start")
         return self
 
     def _answers(self) -> bool:

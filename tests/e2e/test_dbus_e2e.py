@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dbus_helpers import PrivateBus, start_private_bus
+from dbus_helpers import start_private_bus
 from klpd_harness import KlpdProcess, MakeKlpd, applied, wait_for
+from klpd_sim.bus import PrivateBus
 from klpd_sim.harness import SimKernel
 
 KLPCTL = str(Path(sys.executable).parent / "klpctl")

@@ -1,0 +1,91 @@
+"""A private ``dbus-daemon`` configured like the system bus klpd runs on, for the demo,
+the tests and the benchmarks — the one place that configuration lives.
+
+Default-deny like the system bus, then klpd's shipped policy (``etc/dbus-1/system.d``)
+included as is, so what passes here passes there. Two additions, both for tools around
+klpd and never shipped: ``owner`` (the user starting the bus, root in the tests) may own
+klpd's name, so ``make demo`` runs as an ordinary user; root may own a fake polkit
+authority (the tests' own).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Properties"/>
+  </policy>
+  <!-- not shipped: a fake polkit authority, owned by the (root) test process -->
+  <policy user="root">
+    <allow own="org.freedesktop.PolicyKit1"/>
+  </policy>
+  <policy context="default">
+    <allow send_destination="org.freedesktop.PolicyKit1"/>
+  </policy>
+  <!-- not shipped: whoever started this bus may run klpd on it (the demo, unprivileged) -->
+  <policy user="{owner}">
+    <allow own="io.github.Klpd1"/>
+  </policy>
+  <include>{shipped}</include>
+</busconfig>
+"""
+
+
+@dataclass
+class PrivateBus:
+    address: str
+    process: subprocess.Popen[bytes]
+    directory: str
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_private_bus(shipped_policy: Path) -> PrivateBus:
+    """Start ``dbus-daemon`` with klpd's ``shipped_policy`` and return once it printed its
+    address (it is listening). The socket's directory is world-readable: callers run as
+    ``nobody`` must reach it."""
+    directory = tempfile.mkdtemp(prefix="klpd-dbus-")
+    os.chmod(directory, 0o755)
+    config = Path(directory, "bus.conf")
+    owner = pwd.getpwuid(os.getuid()).pw_name
+    config.write_text(CONFIG.format(socket=f"{directory}/bus", shipped=shipped_policy, owner=owner))
+    proc = subprocess.Popen(
+        ["dbus-daemon", f"--config-file={config}", "--print-address", "--nofork"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    address = proc.stdout.readline().decode().strip()
+    if not address:
+        proc.kill()
+        shutil.rmtree(directory, ignore_errors=True)
+        raise RuntimeError(f"dbus-daemon did not start (exit {proc.wait()})")
+    return PrivateBus(address, proc, directory)
