@@ -52,7 +52,7 @@ class Control:
             raise UnknownPatchError(f"no installed patch named {name!r}")
         orch.overrides.enable(name)
         orch.memory.forget(pm.module for pm in patch.modules.values())
-        orch.release_quarantine(pm.module for pm in patch.modules.values())
+        orch.screening.release(pm.module for pm in patch.modules.values())
         orch.reselect()
         orch.request_reconcile(f"enable {name}")
 

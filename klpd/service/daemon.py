@@ -22,7 +22,8 @@ from klpd.kernel.udev import ModuleEvent, UdevSource
 from klpd.service.config import DEFAULT_PATH, Config, ConfigError, load_config
 from klpd.service.controls import Control
 from klpd.service.logs import setup_logging
-from klpd.service.orchestrator import Orchestrator, host_guards
+from klpd.service.orchestrator import Orchestrator
+from klpd.service.screening import host_guards
 from klpd.service.sdnotify import Notifier
 
 TYPE_CHECKING = False  # dbus_fast is imported only when D-Bus is enabled

@@ -21,26 +21,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from klpd.core.model import Action, ActionKind, Catalog, KernelState
 from klpd.core.observe import objects_coming, unsettled
 from klpd.core.planner import plan, select_desired
-from klpd.core.screen import REPLACE_PREFIX, Undeterminable
-from klpd.core.status import Counters, Event, EventKind
+from klpd.core.status import Counters
 from klpd.kernel.catalog import ModinfoCache, scan_catalog, vermagic_matches
 from klpd.service.bookkeeper import Bookkeeper, LoadHook
-from klpd.service.bootguard import BootGuard, BootGuardHook
+from klpd.service.bootguard import BootGuard
 from klpd.service.config import Config
 from klpd.service.executor import Executor
-from klpd.service.guard import Refusal, ReplaceGuard
+from klpd.service.guard import ReplaceGuard
 from klpd.service.inspection import ModuleInspector
 from klpd.service.memory import Memory
 from klpd.service.overrides import Overrides
 from klpd.service.port import KernelPort, SysfsPort
 from klpd.service.reporter import Picture, Reporter
 from klpd.service.retry import Retry
+from klpd.service.screening import Screening
 from klpd.service.transition import TransitionWatcher
 
 log = logging.getLogger(__name__)
@@ -57,27 +57,6 @@ def incompatible_modules(catalog: Catalog, release: str) -> dict[str, str]:
     return out
 
 
-def host_guards(config: Config) -> tuple[ModuleInspector, BootGuard | None]:
-    """What the daemon guards every load with: module inspection, with the running kernel's
-    struct layout (its BTF), and the boot-loop guard (unless ``[boot_guard] enabled`` is
-    off), keyed by this boot's id."""
-    from klpd.kernel.klpinspect import running_kernel_layout
-    from klpd.service.bootguard import read_boot_id
-
-    k = config.kernel
-    inspector = ModuleInspector(
-        running_kernel_layout(k.sysfs_root), Undeterminable(config.inspect.undeterminable)
-    )
-    if not config.boot_guard.enabled:
-        return inspector, None
-    guard = BootGuard(
-        config.state.directory,
-        read_boot_id(k.proc_root),
-        grace_period=config.boot_guard.grace_period,
-    )
-    return inspector, guard
-
-
 class Orchestrator:
     def __init__(
         self,
@@ -91,7 +70,8 @@ class Orchestrator:
     ) -> None:
         """``inspector`` reads each module file before it is loaded (refusals);
         ``bootguard`` quarantines what was loaded right before the machine went down. The
-        daemon passes both (:func:`host_guards`); in-process tests may leave them out."""
+        daemon passes both (:func:`~klpd.service.screening.host_guards`); in-process tests
+        may leave them out."""
         release = config.kernel.read_release()
         self._own_port = SysfsPort(config.kernel, release, config.retry.modprobe_timeout)
         self._port: KernelPort = port or self._own_port
@@ -104,12 +84,8 @@ class Orchestrator:
         self.guard = ReplaceGuard()
         self.picture = Picture(release=release, state=KernelState(release=release))
         self.reporter = Reporter(self.picture, self.memory, self._port, self.counters)
-        self.inspector, self.bootguard = inspector, bootguard
-        self._boot_hook = BootGuardHook(bootguard) if bootguard is not None else None
-        own: list[LoadHook] = [inspector] if inspector is not None else []
-        hooks = [*own, *hooks, *([self._boot_hook] if self._boot_hook else [])]
-        self._inspect_refused: dict[str, str] = {}
-        self._quarantine_told: set[str] = set()
+        self.screening = Screening(inspector, bootguard, self.memory, self.reporter)
+        hooks = self.screening.around(hooks)
         self.books = Bookkeeper(self.memory, self.guard, self.reporter, self.counters, hooks)
         self._watcher = TransitionWatcher(self._port, self.reporter)
         self.executor = Executor(
@@ -128,10 +104,7 @@ class Orchestrator:
         self.executor.transition = config.transition
         self._catalog_dirs = [Path(d) for d in config.catalog.resolve(release)]
         self.overrides.path = Path(config.state.directory) / "overrides.json"
-        if self.inspector is not None:
-            self.inspector.undeterminable = Undeterminable(config.inspect.undeterminable)
-        if self.bootguard is not None:
-            self.bootguard.grace_period = config.boot_guard.grace_period
+        self.screening.configure(config)
 
     @property
     def config(self) -> Config:
@@ -157,41 +130,13 @@ class Orchestrator:
         for module, why in incompatible.items():
             log.warning("%s: %s", module, why, extra={"MODULE": module})
         self.memory.mark_incompatible(incompatible)
-        self._screen(catalog)
+        self.screening.screen(catalog, self.books)
         self.reselect()
         return catalog
 
     def scan_only(self) -> Catalog:
         """The catalog as a rescan would find it, without adopting it (a dry run's)."""
         return self._scan(self._catalog_dirs, self.picture.catalog)
-
-    def _screen(self, catalog: Catalog) -> None:
-        """Inspection refusals (again after every scan: a fixed file lifts its refusal) and
-        the boot guard's quarantine."""
-        if self.inspector is not None:
-            refusals = self.inspector.screen_catalog(catalog)
-            for patch, why in self._inspect_refused.items():
-                if refusals.get(patch) != why and self.memory.refused.get(patch) == why:
-                    self.memory.unrefuse(patch)
-            for patch, why in refusals.items():
-                what = "atomic-replace" if REPLACE_PREFIX in why else "inspection"
-                self.books.refuse(Refusal(patch, why, what=what))
-            self._inspect_refused = refusals
-        if self.bootguard is not None:
-            for module, q in self.bootguard.quarantined.items():
-                self.memory.quarantine(module, q.reason)
-                if module not in self._quarantine_told:  # the failure signal, once
-                    self._quarantine_told.add(module)
-                    pm = catalog.module(module)
-                    patch = pm.patch if pm is not None else ""
-                    self.reporter.emit(Event(EventKind.PATCH_FAILED, patch, module, q.reason))
-
-    def release_quarantine(self, modules: Iterable[str]) -> None:
-        """An operator enabled the modules' patch: the boot guard lets them load again."""
-        for module in modules:
-            if self.bootguard is not None and self.bootguard.clear(module):
-                self._quarantine_told.discard(module)
-            self.memory.release(module)
 
     def reselect(self) -> None:
         """Which patches are desired, from the configuration, the operator's vetoes and the
@@ -268,10 +213,7 @@ class Orchestrator:
         while not self._stopping:
             state = self.read_state()
             managed = pic.catalog.by_module()
-            replace_known: set[str] = set()
-            if self.inspector is not None:
-                enabled = {n: managed[n] for n in state.livepatches if n in managed}
-                replace_known = self.inspector.replace_modules(enabled)
+            replace_known = self.screening.replace_known(state, managed)
             if self.books.observe(state, managed, replace_known):
                 self.reselect()
             if state.transition is not None:
@@ -313,7 +255,6 @@ class Orchestrator:
             self.reselect()  # the pre-load seam said no: the patch is refused
             return
         step = await self.executor.run(action)
-        if self.bootguard is not None and action.kind is ActionKind.LOAD and not step.applied:
-            self.bootguard.failed(action.module)  # the machine is up: nothing to watch
+        self.screening.settled(action, step)
         if self.books.settle(step, pm):
             self.reselect()
