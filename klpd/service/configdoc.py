@@ -11,7 +11,8 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic.fields import FieldInfo
 
-from klpd.service.config import Config, _Section
+from klpd.service.config import Config
+from klpd.service.config_base import _Section
 
 
 def sections() -> list[tuple[str, type[_Section]]]:
