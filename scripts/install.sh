@@ -6,6 +6,7 @@
 #
 # Installs:
 #   $UNITDIR/klpd.service                          systemd unit (ExecStart=$BINDIR/klpd)
+#   $TMPFILESDIR/klpd.conf                         makes /run/modprobe.d at boot
 #   $SYSCONFDIR/klpd/klpd.toml                     default configuration (an existing file is
 #                                                  kept; the new one goes to klpd.toml.new)
 #   $DATADIR/dbus-1/system.d/io.github.Klpd1.conf  D-Bus policy (who may own and call)
@@ -18,7 +19,7 @@
 #
 # Variables (defaults): DESTDIR (empty), BINDIR (/usr/bin), SYSCONFDIR (/etc),
 # DATADIR (/usr/share), UNITDIR (pkg-config's systemdsystemunitdir, else
-# /usr/lib/systemd/system), DOCDIR ($DATADIR/doc/klpd).
+# /usr/lib/systemd/system), TMPFILESDIR (/usr/lib/tmpfiles.d), DOCDIR ($DATADIR/doc/klpd).
 set -eu
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,12 +28,13 @@ BINDIR=${BINDIR:-/usr/bin}
 SYSCONFDIR=${SYSCONFDIR:-/etc}
 DATADIR=${DATADIR:-/usr/share}
 DOCDIR=${DOCDIR:-$DATADIR/doc/klpd}
+TMPFILESDIR=${TMPFILESDIR:-/usr/lib/tmpfiles.d}
 if [ -z "${UNITDIR:-}" ]; then
     UNITDIR=$(pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null || true)
     UNITDIR=${UNITDIR:-/usr/lib/systemd/system}
 fi
 
-for dir in "$BINDIR" "$SYSCONFDIR" "$DATADIR" "$DOCDIR" "$UNITDIR"; do
+for dir in "$BINDIR" "$SYSCONFDIR" "$DATADIR" "$DOCDIR" "$UNITDIR" "$TMPFILESDIR"; do
     case $dir in
         /*) ;;
         *) echo "install.sh: $dir: directories must be absolute" >&2; exit 2 ;;
@@ -54,6 +56,7 @@ unit_tmp=$(mktemp)
 trap 'rm -f "$unit_tmp"' EXIT
 sed "s|^ExecStart=/usr/bin/klpd |ExecStart=$BINDIR/klpd |" "$here/units/klpd.service" >"$unit_tmp"
 put 0644 "$unit_tmp" "$UNITDIR/klpd.service"
+put 0644 "$here/units/klpd.tmpfiles" "$TMPFILESDIR/klpd.conf"
 
 # The configuration belongs to the administrator once installed: never overwrite it.
 conf="$SYSCONFDIR/klpd/klpd.toml"
@@ -84,6 +87,7 @@ if [ -z "$DESTDIR" ]; then
     fi
     cat <<EOF
 Next:
+  systemd-tmpfiles --create klpd.conf   # /run/modprobe.d, as at every boot
   systemctl daemon-reload
   systemctl reload dbus            # picks up the new D-Bus policy
   klpd --check-config --config $conf

@@ -100,7 +100,7 @@ def test_least_privilege() -> None:
     d = directives(UNIT.read_text())
     assert d["CapabilityBoundingSet"] == ["CAP_SYS_MODULE CAP_DAC_READ_SEARCH"]
     assert d["ProtectSystem"] == ["strict"]
-    assert sorted(d["ReadWritePaths"]) == ["/run/modprobe.d", "/sys/kernel/livepatch"]
+    assert sorted(d["ReadWritePaths"]) == ["-/run/modprobe.d", "/sys/kernel/livepatch"]
     assert d["StateDirectory"] == ["klpd"] and d["RuntimeDirectory"] == ["klpd"]
     for key in ("ProtectHome", "PrivateTmp", "NoNewPrivileges"):
         assert d[key] == ["yes"], key
@@ -126,8 +126,12 @@ def test_softdep_directory_matches_config_default() -> None:
 
     d = directives(UNIT.read_text())
     softdep_dir = str(Path(Config().softdep.path).parent)
-    assert softdep_dir in d["ReadWritePaths"]
-    assert any(softdep_dir in v for v in d["ExecStartPre"])
+    assert "-" + softdep_dir in d["ReadWritePaths"]
+    # made by tmpfiles.d before klpd starts, not by an ExecStartPre= (226/NAMESPACE)
+    assert "ExecStartPre" not in d
+    tmpfiles = (REPO / "units/klpd.tmpfiles").read_text().splitlines()
+    assert f"d {softdep_dir} 0755 root root -" in tmpfiles
+    assert "systemd-tmpfiles-setup.service" in " ".join(d["After"])
     assert Config().state.directory == "/var/lib/" + d["StateDirectory"][0]
 
 
@@ -159,6 +163,7 @@ def test_install_puts_files_in_their_system_places(tmp_path: Path) -> None:
         "usr/share/dbus-1/system.d/io.github.Klpd1.conf",
         "usr/share/polkit-1/actions/io.github.klpd1.policy",
         "usr/share/doc/klpd/config.md",
+        "usr/lib/tmpfiles.d/klpd.conf",
     }
     assert expected <= set(installed)
     assert (tmp_path / "etc/klpd/klpd.toml").read_text() == (
