@@ -3,10 +3,12 @@
 
 1. a simulated kernel (klpd-sim) with the demo patches installed and klpd_target loaded;
 2. a private dbus-daemon, and the real klpd daemon on it, configured for the sim;
-3. klpd patches what is loaded (lpa_v2 supersedes lpa; lprep is an atomic-replace patch
-   and is refused; lpbad's ext4 module fails to load and is reported);
-4. ext4 is loaded, klpd follows with every patch's ext4 module;
-5. `klpctl status` shows the result. Everything is stopped and removed at the end.
+3. klpd patches what is loaded (lpa_v2 supersedes lpa);
+4. ext4 is loaded, klpd follows with every patch's ext4 module; `klpctl status`: converged;
+5. failure handling, a labelled second part: two bad patches are rolled out (lprep, an
+   atomic-replace patch, is refused; lpbad's modules fail to load): degraded; the operator
+   disables both with klpctl and klpd is converged again.
+Everything is stopped and removed at the end.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from klpd_sim.bus import start_private_bus
 from klpd_sim.harness import SimKernel
 
 BIN = Path(sys.executable).parent
+# Part 1 holds these back; part 2 rolls them out and the operator disables them.
+EXIT_MEANING = {0: "converged", 1: "converging", 2: "degraded", 3: "failed"}
+HELD_BACK = '[patches]\nexclude = ["lpbad", "lprep"]\n'
 SHIPPED_BUS_POLICY = (
     Path(__file__).resolve().parent.parent / "etc/dbus-1/system.d/io.github.Klpd1.conf"
 )
@@ -77,6 +82,8 @@ directory = "{work / "state"}"
 target = "stderr"
 """
         )
+        # Part 1 is the main job, healthy: the two problem patches are not rolled out yet.
+        config.write_text(config.read_text() + HELD_BACK)
         print(config.read_text())
         daemon_log = work / "klpd.log"
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -107,13 +114,30 @@ target = "stderr"
         sh(*sim.cli, "modprobe", "ext4")
         sh(str(BIN / "klpctl"), "wait", "--timeout", "120", check=False)
 
-        step("klpctl status")
+        step("klpctl status: the main job is done")
         rc = sh(str(BIN / "klpctl"), "status", check=False)
-        print(f"(klpctl status exit code {rc}: 2 = degraded: lpbad is a deliberately broken patch)")
+        print(f"(klpctl status exit code {rc}: {EXIT_MEANING.get(rc, '?')})")
 
-        step("what klpd logged (journald fields shown as KEY=value off systemd)")
-        print(daemon_log.read_text(), end="")
-        return 0
+        step("PART 2, failure handling: two bad patches are rolled out (config + klpctl reload)")
+        print("lpbad's modules are broken; lprep is an atomic-replace patch, which would wipe")
+        print("every other livepatch on the system: klpd refuses it.")
+        config.write_text(config.read_text().replace(HELD_BACK, ""))
+        sh(str(BIN / "klpctl"), "reload", check=False)
+        sh(str(BIN / "klpctl"), "wait", "--timeout", "120", check=False)
+        rc = sh(str(BIN / "klpctl"), "status", check=False)
+        print(f"(klpctl status exit code {rc}: {EXIT_MEANING.get(rc, '?')}; the rest stays on)")
+
+        step("why: what klpd logged (journald fields shown as KEY=value off systemd)")
+        print("".join(daemon_log.read_text().splitlines(keepends=True)[-30:]), end="")
+
+        step("the operator resolves it: disable the two bad patches (persisted) -> converged")
+        sh(str(BIN / "klpctl"), "disable", "lpbad", check=False)
+        sh(str(BIN / "klpctl"), "disable", "lprep", check=False)
+        sh(str(BIN / "klpctl"), "wait", "--timeout", "120", check=False)
+        rc = sh(str(BIN / "klpctl"), "status", check=False)
+        print(f"(klpctl status exit code {rc}: {EXIT_MEANING.get(rc, '?')})")
+        print("lpbad and lprep stay disabled across restarts; `klpctl enable PATCH` undoes it.")
+        return 0 if rc == 0 else 1
     finally:
         for p in reversed(procs):
             if p.poll() is None:
