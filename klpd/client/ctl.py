@@ -22,7 +22,8 @@ from klpd.client.render import (
     render_patch,
     render_status,
 )
-from klpd.client.wire import CallError, Connection, WireError, system_bus_address
+from klpd.client.wire import CallError, Connection, Signal, WireError, system_bus_address
+from klpd.core.text import escape_controls
 from klpd.dbus import names
 
 TYPE_CHECKING = False  # typing and argparse cost milliseconds on every poll: not at run time
@@ -286,13 +287,16 @@ def cmd_monitor(c: Client, a: Args) -> int:
         "type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',"
         f"arg0='{names.BUS_NAME}'"
     )
+    # Only the current owner of the name is believed (anyone can send anyone a signal):
+    # learnt after the matches are in, so nothing sent in between is missed.
+    owner = _name_owner(c)
     print(f"klpctl: following {names.BUS_NAME} on {c.address}", file=sys.stderr, flush=True)
     seen = 0
     while a.count is None or seen < a.count:
         sig = c.conn.next_signal()
         if sig is None:
             continue
-        event = _event_of(sig.member, sig.body)
+        event, owner = _event_of(sig, owner)
         if event is None:
             continue
         seen += 1
@@ -300,19 +304,56 @@ def cmd_monitor(c: Client, a: Args) -> int:
         if a.json:
             _print_json(event)
         else:
-            fields = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("time", "event"))
+            fields = " ".join(
+                f"{k}={escape_controls(str(v))}"
+                for k, v in event.items()
+                if k not in ("time", "event")
+            )
             print(f"{time.strftime('%H:%M:%S')} {event['event']} {fields}", flush=True)
     return 0
 
 
-def _event_of(member: str, body: list[Any]) -> dict[str, Any] | None:
-    if member in names.SIGNALS:
-        return {"event": member, "patch": body[0], "module": body[1], "detail": body[2]}
-    if member == "PropertiesChanged" and body[0] == names.INTERFACE:
-        return {"event": member, **body[1]}
-    if member == "NameOwnerChanged":
-        return {"event": "KlpdStarted" if body[2] else "KlpdStopped"}
-    return None
+def _name_owner(c: Client) -> str:
+    try:
+        (owner,) = c.conn.call(
+            _BUS, "/org/freedesktop/DBus", _BUS, "GetNameOwner", "s", (names.BUS_NAME,)
+        )
+    except CallError:
+        return ""  # not running: its NameOwnerChanged will say when it starts
+    return str(owner)
+
+
+_BUS = "org.freedesktop.DBus"
+_PROPERTIES = "org.freedesktop.DBus.Properties"
+
+
+def _event_of(sig: Signal, owner: str) -> tuple[dict[str, Any] | None, str]:
+    """The event a signal means, if it is believable, and the name's owner after it.
+
+    Believed: ``NameOwnerChanged`` for io.github.Klpd1 from the bus itself, and klpd's
+    own signals (right path, interface and signature) from the name's current owner.
+    Anything else — another sender, an empty or mistyped body — is no event."""
+    if sig.sender == _BUS:
+        if (
+            sig.member == "NameOwnerChanged"
+            and sig.interface == _BUS
+            and sig.path == "/org/freedesktop/DBus"
+            and sig.signature == "sss"
+            and sig.body[0] == names.BUS_NAME
+        ):
+            new_owner = sig.body[2]
+            return {"event": "KlpdStarted" if new_owner else "KlpdStopped"}, new_owner
+        return None, owner
+    if not owner or sig.sender != owner or sig.path != names.OBJECT_PATH:
+        return None, owner
+    ours = sig.interface == names.INTERFACE and sig.member in names.SIGNALS
+    if ours and sig.signature == "sss":
+        patch, module, detail = sig.body
+        return {"event": sig.member, "patch": patch, "module": module, "detail": detail}, owner
+    changed = sig.interface == _PROPERTIES and sig.member == "PropertiesChanged"
+    if changed and sig.signature == "sa{sv}as" and sig.body[0] == names.INTERFACE:
+        return {"event": sig.member, **sig.body[1]}, owner
+    return None, owner
 
 
 VERBS: dict[str, Callable[[Client, Args], int]] = {

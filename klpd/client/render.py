@@ -1,12 +1,16 @@
 """What klpctl shows people: the ``Describe()`` JSON (as plain dicts) rendered as text.
 
 Client side, standard library only (klpctl's start-up budget: see docs/dbus.md), and no
-klpd.core.status import: it works on the JSON, which is the versioned contract.
+klpd.core.status import: it works on the JSON, which is the versioned contract. Every
+string shown went through :func:`klpd.core.text.escape_controls` (``_e``): task names come
+from any user and descriptions from module files, and root reads this on a terminal.
 """
 
 from __future__ import annotations
 
 import time
+
+from klpd.core.text import escape_controls as _e
 
 TYPE_CHECKING = False  # typing costs ~3 ms per klpctl run: for mypy only
 if TYPE_CHECKING:
@@ -63,9 +67,10 @@ def _yes(v: bool | None) -> str:
 def render_blocking(tasks: list[dict[str, Any]], indent: str = "") -> list[str]:
     out = []
     for t in tasks:
-        out.append(f"{indent}{t['pid']:>7} {t['comm']:<16} patch_state={t['patch_state']}")
-        for frame in (t.get("stack") or "").splitlines():
-            out.append(f"{indent}        {frame}")
+        out.append(f"{indent}{t['pid']:>7} {_e(t['comm']):<16} patch_state={t['patch_state']}")
+        for frame in (t.get("stack") or "").split("\n"):
+            if frame:
+                out.append(f"{indent}        {_e(frame)}")
     return out
 
 
@@ -84,54 +89,56 @@ def _quiet(p: dict[str, Any]) -> bool:
 
 
 def render_patch(p: dict[str, Any], detailed: bool = False, brief: bool = False) -> list[str]:
-    meta = [f"series {p['series']} v{p['version']}"]
+    meta = [f"series {_e(p['series'])} v{p['version']}"]
     if not p["desired"]:
         meta.append("not desired")
     if p.get("cves"):
-        meta.append(", ".join(p["cves"]))
-    head = f"{p['name']}: {p['status']}  ({'; '.join(meta)})"
-    out = [head + (f" - {p['description']}" if p.get("description") else "")]
+        meta.append(_e(", ".join(p["cves"])))
+    head = f"{_e(p['name'])}: {_e(p['status'])}  ({'; '.join(meta)})"
+    out = [head + (f" - {_e(p['description'])}" if p.get("description") else "")]
     if brief:
         return out
     for m in p["modules"]:
         note = "" if m["object_loaded"] or m["obj"] == "vmlinux" else f" ({m['obj']} not loaded)"
-        out.append(f"  {m['module']:<32} {m['obj']:<16} {m['status']:<11}{note}".rstrip())
+        note = _e(note)
+        line = f"  {_e(m['module']):<32} {_e(m['obj']):<16} {_e(m['status']):<11}{note}"
+        out.append(line.rstrip())
         if m.get("error"):
-            out.append(f"      error: {m['error']}")
+            out.append(f"      error: {_e(m['error'])}")
         if detailed:
             out.append(
                 f"      loaded={_yes(m['loaded'])} enabled={_yes(m.get('enabled'))} "
                 f"transition={_yes(m.get('transition'))} patched={_yes(m.get('patched'))}"
             )
             if m.get("functions"):
-                out.append(f"      functions: {', '.join(m['functions'])}")
+                out.append(f"      functions: {_e(', '.join(m['functions']))}")
     return out
 
 
 def render_status(s: dict[str, Any]) -> str:
     out = [
-        f"klpd: {s['state'].upper()}",
-        f"kernel: {s['kernel_release']}    last reconcile: {_when(s['last_reconcile'])}",
+        f"klpd: {_e(s['state'].upper())}",
+        f"kernel: {_e(s['kernel_release'])}    last reconcile: {_when(s['last_reconcile'])}",
     ]
     t = s.get("transition")
     if t:
         age = _duration(max(0.0, time.time() - t["started_at"]))
         stalled = "  STALLED" if t["stalled"] else ""
-        out.append(f"transition: {t['module']} -> {t['target']}, for {age}{stalled}")
+        out.append(f"transition: {_e(t['module'])} -> {_e(t['target'])}, for {age}{stalled}")
         if t["blocking"]:
             out.append("  blocked by:")
             out += render_blocking(t["blocking"], "  ")
     if s.get("last_error"):
-        out.append(f"last error: {s['last_error']}")
+        out.append(f"last error: {_e(s['last_error'])}")
     counts: dict[str, int] = {}
     for p in s["patches"]:
         counts[p["status"]] = counts.get(p["status"], 0) + 1
-    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    summary = _e(", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
     out += [f"patches: {summary or 'none installed'}", ""]
     for p in s["patches"]:
         out += render_patch(p, brief=_quiet(p))
     if s.get("pending"):
-        out += ["", "pending:"] + [f"  {a}" for a in s["pending"]]
+        out += ["", "pending:"] + [f"  {_e(a)}" for a in s["pending"]]
     failed = [
         (m["module"], m["error"])
         for p in s["patches"]
@@ -140,7 +147,7 @@ def render_status(s: dict[str, Any]) -> str:
     ]
     if failed:
         out += ["", "failed or refused:"]
-        out += [f"  {mod}: {err or 'refused'}" for mod, err in failed]
+        out += [f"  {_e(mod)}: {_e(err or 'refused')}" for mod, err in failed]
     if s.get("foreign_livepatches"):
-        out += ["", "not managed by klpd: " + ", ".join(s["foreign_livepatches"])]
+        out += ["", "not managed by klpd: " + _e(", ".join(s["foreign_livepatches"]))]
     return "\n".join(out)

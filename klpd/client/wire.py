@@ -45,12 +45,22 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-class Signal:
-    __slots__ = ("body", "interface", "member", "path", "sender")
+# Signals kept for next_signal() at most; older ones are dropped (and counted) beyond it.
+MAX_QUEUED_SIGNALS = 1024
 
-    def __init__(self, sender: str, path: str, interface: str, member: str, body: list[Any]):
+
+class Signal:
+    """A received signal. ``sender`` is the unique name the bus stamped on it (a sender
+    cannot forge it); anyone can *send* a signal to anyone, so callers check it, and the
+    ``signature``, before they believe a word (:func:`klpd.client.ctl._event_of`)."""
+
+    __slots__ = ("body", "interface", "member", "path", "sender", "signature")
+
+    def __init__(
+        self, sender: str, path: str, interface: str, member: str, signature: str, body: list[Any]
+    ):
         self.sender, self.path, self.interface = sender, path, interface
-        self.member, self.body = member, body
+        self.member, self.signature, self.body = member, signature, body
 
 
 def system_bus_address() -> str:
@@ -161,10 +171,15 @@ class _Reader:
         raise WireError(f"cannot unmarshal type {sig!r}")
 
 
+# What a message this reader cannot follow raises while it is read.
+_MALFORMED = (struct.error, UnicodeDecodeError, IndexError, KeyError, ValueError,
+              TypeError, RecursionError, WireError)  # fmt: skip
+
+
 class _Message:
     __slots__ = ("body", "fields", "kind", "serial")
 
-    def __init__(self, kind: int, serial: int, fields: dict[int, Any], body: list[Any]):
+    def __init__(self, kind: int, serial: int, fields: dict[int, Any], body: list[Any] | None):
         self.kind, self.serial, self.fields, self.body = kind, serial, fields, body
 
 
@@ -196,6 +211,10 @@ class Connection:
     def __init__(self, address: str, timeout: float = 10.0) -> None:
         self._serial = 0
         self._signals: list[Signal] = []
+        # Signals are kept only once add_match() asked for some: anyone may send unicast
+        # signals to this connection, and a `klpctl wait` must not hoard them (issue 11).
+        self.keep_signals = False
+        self.dropped_signals = 0
         self._buf = b""
         self.sock = self._connect(address, timeout)
         self.unique_name: str = self.call(
@@ -271,12 +290,23 @@ class Connection:
             if msg.kind in (_RETURN, _ERROR) and msg.fields.get(_F_REPLY) == serial:
                 if msg.kind == _ERROR:
                     text = msg.body[0] if msg.body and isinstance(msg.body[0], str) else ""
-                    raise CallError(msg.fields.get(_F_ERROR, "?"), text)
+                    raise CallError(str(msg.fields.get(_F_ERROR, "?")), text)
+                if msg.body is None:
+                    raise WireError(f"{member}: the reply could not be read")
                 return msg.body
             if msg.kind == _SIGNAL:
-                self._signals.append(_signal_of(msg))
+                self._keep(msg)
+
+    def _keep(self, msg: _Message) -> None:
+        if not self.keep_signals or msg.body is None:
+            return  # not asked for, or a body this client could not read: dropped
+        if len(self._signals) >= MAX_QUEUED_SIGNALS:
+            self._signals.pop(0)
+            self.dropped_signals += 1
+        self._signals.append(_signal_of(msg))
 
     def add_match(self, rule: str) -> None:
+        self.keep_signals = True
         self.call(
             "org.freedesktop.DBus",
             "/org/freedesktop/DBus",
@@ -294,7 +324,7 @@ class Connection:
             if msg is None:
                 return None
             if msg.kind == _SIGNAL:
-                self._signals.append(_signal_of(msg))
+                self._keep(msg)
         return self._signals.pop(0)
 
     def _send(
@@ -329,9 +359,16 @@ class Connection:
             raise WireError("connection closed mid-message")
         data = head + rest
         r = _Reader(data, little, 12)
-        fields = dict(r.read("a(yv)"))
+        try:
+            fields = dict(r.read("a(yv)"))
+        except _MALFORMED as e:
+            raise WireError(f"unreadable message header from the bus: {e!r}") from None
         r.align(8)
-        body = [r.read(s) for s in split_signature(fields.get(_F_SIG, ""))]
+        body: list[Any] | None
+        try:
+            body = [r.read(s) for s in split_signature(str(fields.get(_F_SIG, "")))]
+        except _MALFORMED:
+            body = None  # the message is skipped (a signal) or refused (a reply)
         return _Message(kind, serial, fields, body)
 
     def _read_exact(self, n: int, deadline: float | None) -> bytes | None:
@@ -360,4 +397,4 @@ class Connection:
 def _signal_of(msg: _Message) -> Signal:
     f = msg.fields
     return Signal(f.get(_F_SENDER, ""), f.get(_F_PATH, ""), f.get(_F_INTERFACE, ""),
-                  f.get(_F_MEMBER, ""), msg.body)  # fmt: skip
+                  f.get(_F_MEMBER, ""), f.get(_F_SIG, ""), msg.body or [])  # fmt: skip

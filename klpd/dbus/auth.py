@@ -1,10 +1,11 @@
 """Who may change state: root, or whoever polkit authorises for ``io.github.klpd1.manage``.
 
-Checked on the sender of each call (never cached: a uid can lose its rights between two
-calls). The uid comes from the bus daemon (``GetConnectionUnixUser``), which got it from
-the kernel (SO_PEERCRED), so a client cannot lie about it. Polkit is asked on the bus the
-service is on (the system bus in production) with a ``system-bus-name`` subject; when it
-cannot be asked, the call is refused with an ``AccessDenied`` that says so.
+Checked on the sender of each call (polkit's verdict is never cached: a uid can lose its
+rights between two calls; :class:`klpd.dbus.limits.Callers` asks). The uid comes from the
+bus daemon (``GetConnectionUnixUser``), which got it from the kernel (SO_PEERCRED), so a
+client cannot lie about it. Polkit is asked on the bus the service is on (the system bus
+in production) with a ``system-bus-name`` subject; when it cannot be asked, the call is
+refused with an ``AccessDenied`` that says so.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import logging
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from klpd.dbus import names
 from klpd.dbus.errors import AccessDenied
 
 log = logging.getLogger(__name__)
@@ -77,17 +77,3 @@ async def polkit_check(bus: MessageBus, sender: str, action: str, interactive: b
 async def _call_with_timeout(bus: MessageBus, msg: Message, timeout: float) -> Message | None:
     async with asyncio.timeout(timeout):
         return await bus.call(msg)
-
-
-async def authorize(bus: MessageBus, sender: str, what: str, *, interactive: bool) -> int:
-    """Return the caller's uid if it may change state, else raise :class:`AccessDenied`."""
-    uid = await caller_uid(bus, sender)
-    if uid == 0:
-        return uid
-    if await polkit_check(bus, sender, names.POLKIT_ACTION, interactive):
-        log.info("polkit authorised uid %d (%s) for %s", uid, sender, what)
-        return uid
-    raise AccessDenied(
-        f"{what} needs root or polkit authorisation for {names.POLKIT_ACTION}; "
-        f"uid {uid} has neither"
-    )

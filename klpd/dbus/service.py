@@ -1,19 +1,19 @@
 """The ``io.github.Klpd1.Manager`` object: a thin adapter over :class:`Controller`.
 
 Each D-Bus member is a line or two delegating to the controller; wire types are made
-here and nowhere else. Reads are open; Reload/EnablePatch/DisablePatch go through
-:func:`klpd.dbus.auth.authorize` on the sender of that very call. The schema is in
-``docs/dbus.md`` and ``docs/io.github.Klpd1.xml``.
+here and nowhere else. Reads are open; Reload/EnablePatch/DisablePatch are authorised
+(:class:`klpd.dbus.limits.Callers`) on the sender of that very message, and every held
+call takes a bounded slot. The schema is in ``docs/dbus.md`` and
+``docs/io.github.Klpd1.xml``; the threat model in ``docs/security.md``.
 """
 
 # No "from __future__ import annotations": see klpd.dbus.signatures.
 
-import contextvars
 import json
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, TypeVar
 
 from dbus_fast import (
@@ -21,7 +21,6 @@ from dbus_fast import (
     DBusError,
     Message,
     MessageFlag,
-    MessageType,
     NameFlag,
     RequestNameReply,
     Variant,
@@ -37,8 +36,18 @@ from dbus_fast.service import signal as dbus_signal
 import klpd
 from klpd.core.names import NameError_, validate_patch_name
 from klpd.core.status import Controller, Event, EventKind, PatchReport, Snapshot
-from klpd.dbus import auth, names
+from klpd.dbus import names
+from klpd.dbus.calls import record_call, served_call
 from klpd.dbus.errors import Busy, InvalidArgument, UnknownPatch, to_dbus_error
+from klpd.dbus.limits import (
+    PLAN_RESCAN_SECONDS,
+    WAIT_BOUNDS,
+    BlockingCache,
+    Callers,
+    Slots,
+    Throttle,
+    without_stacks,
+)
 from klpd.dbus.signatures import (
     BlockingList,
     DBusBool,
@@ -54,22 +63,11 @@ from klpd.dbus.signatures import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# The method call being served. dbus-fast does not hand the message to a method, so a
-# message handler (run just before dispatch, in the same callback) records it here and
-# the method's task inherits it: asyncio copies the context when it creates the task.
-_current_call: contextvars.ContextVar[Message | None] = contextvars.ContextVar(
-    "klpd_current_call", default=None
-)
 
 ModuleWire = tuple[str, str, str, bool, bool, str]
 PatchWire = tuple[str, str, bool, str, int, str, list[ModuleWire]]
 BlockingWire = tuple[int, str, int, str]
 _PLAN_OPTIONS = {"rescan": "b", "enable": "as", "disable": "as"}
-
-
-# Anyone may call WaitConverged, and each call holds a coroutine for up to an hour: bound
-# them (the bus already bounds pending calls per connection and connections per user).
-MAX_WAITERS = 256
 
 
 class DbusStartError(RuntimeError):
@@ -143,8 +141,10 @@ class ManagerInterface(ServiceInterface):
         self._controller = controller
         self._bus = bus
         self._last_properties = properties_of(controller.snapshot())
-        self._waiters = 0
-        self.max_waiters = MAX_WAITERS
+        self.callers = Callers(bus)
+        self.waiters = Slots("WaitConverged", WAIT_BOUNDS)
+        self.blocking = BlockingCache(controller)
+        self.rescans = Throttle(PLAN_RESCAN_SECONDS)
         self._signal_for: dict[EventKind, Callable[[str, str, str], object]] = {
             EventKind.PATCH_APPLIED: self.PatchApplied,
             EventKind.PATCH_RETIRED: self.PatchRetired,
@@ -198,8 +198,12 @@ class ManagerInterface(ServiceInterface):
     # reads
 
     @dbus_method()
-    def Describe(self) -> DBusStr:
-        return self._controller.snapshot().to_json()
+    async def Describe(self) -> DBusStr:
+        snap = self._controller.snapshot()
+        t = snap.transition
+        if t is None or not any(b.stack for b in t.blocking) or await self._privileged("Describe"):
+            return snap.to_json()
+        return replace(snap, transition=replace(t, blocking=without_stacks(t.blocking))).to_json()
 
     @dbus_method()
     def ListPatches(self) -> PatchList:
@@ -213,10 +217,11 @@ class ManagerInterface(ServiceInterface):
         return json.dumps(asdict(report), sort_keys=True)
 
     @dbus_method()
-    def ListBlockingTasks(self) -> BlockingList:
-        return [
-            (t.pid, t.comm, t.patch_state, t.stack or "") for t in self._controller.blocking_tasks()
-        ]
+    async def ListBlockingTasks(self) -> BlockingList:
+        tasks = self.blocking.tasks()
+        if any(t.stack for t in tasks) and not await self._privileged("ListBlockingTasks"):
+            tasks = without_stacks(tasks)  # kernel stacks: root and polkit only
+        return [(t.pid, t.comm, t.patch_state, t.stack or "") for t in tasks]
 
     @dbus_method()
     async def WaitConverged(self, timeout: DBusDouble) -> DBusBool:
@@ -229,8 +234,13 @@ class ManagerInterface(ServiceInterface):
         return state.value
 
     @dbus_method()
-    def Plan(self, options: PlanOptions) -> DBusStr:
+    async def Plan(self, options: PlanOptions) -> DBusStr:
         rescan, enable, disable = _plan_options(options)
+        if rescan and not self.rescans.ready() and not await self._privileged("Plan"):
+            raise Busy(
+                f"Plan with rescan: one per {PLAN_RESCAN_SECONDS:.0f} s for unprivileged "
+                "callers (a rescan walks the whole catalog); try again later"
+            )
         try:
             preview = self._controller.plan_preview(rescan=rescan, enable=enable, disable=disable)
         except Exception as e:
@@ -239,13 +249,13 @@ class ManagerInterface(ServiceInterface):
 
     async def _wait(self, what: str, wait: Callable[[float], Awaitable[T]], timeout: float) -> T:
         seconds = _valid_timeout(timeout)
-        if self._waiters >= self.max_waiters:
-            raise Busy(f"{self._waiters} wait calls already waiting; try again later")
-        self._waiters += 1
-        try:
+        sender = self._this_call(what).sender or ""
+        uid = await self._call(what, self.callers.uid(sender))
+        privileged = uid == 0
+        if not privileged and self.waiters.refusal(sender, uid, False) is not None:
+            privileged = await self.callers.privileged(sender, uid)  # the reserve
+        with self.waiters.hold(sender, uid, privileged):
             return await self._call(what, wait(seconds))
-        finally:
-            self._waiters -= 1
 
     # state changes (root or polkit)
 
@@ -294,6 +304,7 @@ class ManagerInterface(ServiceInterface):
 
     def on_event(self, event: Event) -> None:
         """Controller listener: a signal for the event, then PropertiesChanged if any."""
+        self.blocking.forget()  # something changed: the next ListBlockingTasks walks again
         emit = self._signal_for.get(event.kind)
         if emit is not None:
             emit(event.patch, event.module, event.detail)
@@ -306,29 +317,29 @@ class ManagerInterface(ServiceInterface):
         if changed:
             self.emit_properties_changed(changed)
 
+    def _this_call(self, what: str) -> Message:
+        return served_call(what)
+
+    async def _privileged(self, what: str) -> bool:
+        sender = self._this_call(what).sender or ""
+        return await self.callers.privileged(sender, await self.callers.uid(sender))
+
     async def _authorize(self, what: str) -> None:
-        call = _current_call.get()
-        if call is None or not call.sender:
-            raise to_dbus_error(RuntimeError("no sender recorded for this call"), what)
+        call = self._this_call(what)
+        sender = call.sender or ""
         interactive = bool(call.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)
         try:
-            uid = await auth.authorize(self._bus, call.sender, what, interactive=interactive)
+            uid = await self.callers.authorize(sender, what, interactive=interactive)
         except DBusError:
-            log.warning("refused %s from %s", what, call.sender)
+            log.warning("refused %s from %s", what, sender)
             raise
-        log.info("%s requested by uid %d (%s)", what, uid, call.sender)
+        log.info("%s requested by uid %d (%s)", what, uid, sender)
 
     async def _call(self, what: str, work: Awaitable[T]) -> T:
         try:
             return await work
         except Exception as e:
             raise to_dbus_error(e, what) from None
-
-
-def _record_call(msg: Message) -> bool:
-    if msg.message_type is MessageType.METHOD_CALL and msg.interface == names.INTERFACE:
-        _current_call.set(msg)
-    return False  # never handled here: dispatch goes on as usual
 
 
 # --- lifecycle --------------------------------------------------------------------------
@@ -375,7 +386,7 @@ async def start_dbus(controller: Controller, bus: str) -> DbusService:
     """Connect to ``bus``, export the Manager object and own ``io.github.Klpd1``."""
     msgbus = await connect_bus(bus)
     interface = ManagerInterface(controller, msgbus)
-    msgbus.add_message_handler(_record_call)
+    msgbus.add_message_handler(record_call)
     msgbus.export(names.OBJECT_PATH, interface)
     service = DbusService(msgbus, interface)
     try:

@@ -30,6 +30,9 @@ _VERSIONED = re.compile(r"(?P<series>.+)_v(?P<version>[0-9]+)")
 _YES = frozenset({"Y", "y", "1"})
 # "__" once "-" is read as "_": a cheap first test, before normalising 20,000 file names.
 _MAYBE_SPLIT = re.compile(r"[-_][-_]")
+# /lib/modules/$(uname -r)/kernel/drivers/net/ethernet/mellanox/mlx5/core is 8 deep; a
+# tree deeper than this is not a module tree (issue 11: 1,100 levels crashed the scan).
+MAX_DEPTH = 32
 
 
 class ModinfoCache:
@@ -89,8 +92,9 @@ def scan_catalog(
 ) -> Catalog:
     """Scan ``directories`` (recursively, in the given order) for split livepatches.
 
-    A module name found twice keeps its first file: directories in the given order, each
-    walked depth-first in name order. A :class:`Patch` equal to one in ``previous`` is
+    A patch with a module file found twice is refused (both files named): klpd cannot
+    tell which one modprobe would load. Directories are walked in the given order, each
+    depth-first in name order. A :class:`Patch` equal to one in ``previous`` is
     returned as that same object, so callers can tell unchanged patches by identity.
     """
     cache = cache if cache is not None else ModinfoCache()
@@ -128,15 +132,34 @@ def scan_catalog(
                 log.debug("ignoring %s: %s", f.path, e)
     cache.keep_only({f.path for f in files.values()})
 
+    # A module installed twice: modprobe loads whichever file depmod's search order puts
+    # first (updates/ before the rest by default, but depmod.d can say otherwise), which
+    # need not be the file klpd vetted (issue 11: a plain extra/P__vmlinux.ko vetted, a
+    # klpd_replace=Y updates/P__vmlinux.ko loaded). So the whole patch is refused.
+    twice: set[str] = set()
     for d in duplicates:
-        if d.module in split or _is_livepatch(modinfo.get(d.module, {})):
-            first = files[d.module].path
-            problem(d.path, f"module {d.module} is also installed as {first}; that one is used")
+        first = files[d.module].path
+        if d.module in split:
+            twice.add(d.module)
+            problem(
+                d.path,
+                f"{d.module} is installed twice (also as {first}); modprobe may load either, "
+                f"so patch {split[d.module].patch} is refused until one of them is removed",
+            )
+        elif _is_livepatch(modinfo.get(d.module, {})):
+            problem(d.path, f"module {d.module} is also installed as {first}")
+    refused: dict[str, str] = {}  # patch -> its modules installed twice
+    for m in sorted(twice):
+        p = split[m].patch
+        refused[p] = f"{refused[p]}, {m}" if p in refused else m
 
     modules: dict[str, dict[str, PatchModule]] = {}
     for module, f in files.items():
         info = modinfo.get(module)
         s = split.get(module)
+        if s is not None and s.patch in refused:
+            problem(f.path, f"patch {s.patch} refused: {refused[s.patch]} installed twice")
+            continue
         if s is None:
             if info is not None and _is_livepatch(info):
                 problem(f.path, _orphan_message(module))
@@ -182,40 +205,57 @@ def _module_files(directory: Path, problem: Callable[[str, str], None]) -> Itera
     ``<patch>__<object>`` by construction, so a file without ``__`` can never be part of
     the catalog, and /lib/modules holds thousands of those that would otherwise each be
     stat()ed and read. Symlinked directories are not followed (no loops); symlinked files
-    are, as modprobe does.
+    are, as modprobe does. Directories deeper than :data:`MAX_DEPTH` below ``directory``
+    are one problem each, not a crash (a 1,100-level tree used to raise RecursionError).
     """
+    stack = [(iter(_listing(directory, problem)), 0)]
+    while stack:
+        entries, depth = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+        elif not entry.is_dir(follow_symlinks=False):
+            f = _module_file(entry, problem)
+            if f is not None:
+                yield f
+        elif depth >= MAX_DEPTH:
+            problem(entry.path, f"nested deeper than {MAX_DEPTH} directories; not scanned")
+        else:
+            stack.append((iter(_listing(Path(entry.path), problem)), depth + 1))
+
+
+def _listing(directory: Path, problem: Callable[[str, str], None]) -> list[os.DirEntry[str]]:
+    """Subdirectories and maybe-split files of ``directory``, by name."""
     try:
         with os.scandir(directory) as it:
-            entries = sorted(
+            return sorted(
                 (e for e in it if e.is_dir(follow_symlinks=False) or _MAYBE_SPLIT.search(e.name)),
                 key=lambda e: e.name,
             )
     except FileNotFoundError:
         log.debug("module directory %s does not exist", directory)
-        return
     except OSError as e:
         problem(str(directory), f"cannot list directory: {e.strerror or e}")
-        return
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            yield from _module_files(Path(entry.path), problem)
-            continue
-        module = names.module_name_from_path(entry.name)
-        if module is None or names.SEPARATOR not in module:
-            continue
-        try:
-            names.validate_module_name(module)
-            st = entry.stat()
-        except names.NameError_ as e:
-            problem(entry.path, str(e))
-            continue
-        except OSError as e:
-            problem(entry.path, f"cannot stat: {e.strerror or e}")
-            continue
-        if not entry.is_file():
-            continue
-        key = (st.st_mtime_ns, st.st_size, st.st_ino)
-        yield _File(entry.path, module, key, (st.st_dev, st.st_ino))
+    return []
+
+
+def _module_file(entry: os.DirEntry[str], problem: Callable[[str, str], None]) -> _File | None:
+    module = names.module_name_from_path(entry.name)
+    if module is None or names.SEPARATOR not in module:
+        return None
+    try:
+        names.validate_module_name(module)
+        st = entry.stat()
+    except names.NameError_ as e:
+        problem(entry.path, str(e))
+        return None
+    except OSError as e:
+        problem(entry.path, f"cannot stat: {e.strerror or e}")
+        return None
+    if not entry.is_file():
+        return None
+    key = (st.st_mtime_ns, st.st_size, st.st_ino)
+    return _File(entry.path, module, key, (st.st_dev, st.st_ino))
 
 
 def _is_livepatch(info: Modinfo) -> bool:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from klpd.core.model import PatchModule
+from klpd.service.atomicfile import make_private_directory, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -162,25 +163,13 @@ class BootGuard:
 
     def _write(self) -> None:
         """Durably: the record must be on disk before the load it describes begins."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_directory(self.path.parent)
         payload = {
             "boot_id": self.boot_id,
             "open": [asdict(o) for o in self._open.values()],
             "quarantined": [asdict(q) for q in self.quarantined.values()],
         }
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_atomic(self.path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
     # --- the orchestrator's verbs ----------------------------------------------------------
 

@@ -17,6 +17,8 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TextIO
 
+from klpd.core.text import escape_controls
+
 Level = Literal["debug", "info", "warning", "error"]
 Target = Literal["auto", "journal", "stderr"]
 Sender = Callable[..., Any]
@@ -52,11 +54,15 @@ def journal_fields_only(send: Sender) -> Sender:
 
     def send_fields(message: str, /, **fields: Any) -> Any:
         kept = {
-            k: (str(v) if not isinstance(v, str | bytes | int) else v)
+            k: (
+                escape_controls(v if isinstance(v, str) else str(v))
+                if not isinstance(v, int)
+                else v
+            )
             for k, v in fields.items()
             if _FIELD_NAME.fullmatch(k) and v is not None and k not in _DROPPED
         }
-        return send(message, **kept)
+        return send(_escape_keeping_lines(message), **kept)
 
     return send_fields
 
@@ -71,15 +77,30 @@ def journal_handler(sender: Sender | None = None) -> logging.Handler:
     )
 
 
+def _escape_keeping_lines(text: str) -> str:
+    """Controls escaped, line breaks kept: journald stores the message as one field, so a
+    line cannot forge an entry, and tracebacks stay readable."""
+    return "\n".join(escape_controls(line) for line in text.split("\n"))
+
+
 def _value(v: Any) -> str:
-    text = str(v)
+    text = escape_controls(str(v))
     if not text or any(c.isspace() or c in "\"'=" for c in text):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return text
 
 
 class FieldsFormatter(logging.Formatter):
-    """``LEVEL logger: message KEY=value ...``, fields in a stable order."""
+    """``LEVEL logger: message KEY=value ...``, fields in a stable order.
+
+    The message is one line whatever its arguments hold: control characters (a task's
+    comm, a module's description) are escaped, so nobody can forge a log line or send
+    escape codes to the terminal reading it. A traceback follows on its own lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        copy = logging.makeLogRecord(record.__dict__)
+        copy.message = escape_controls(record.message)
+        return super().formatMessage(copy)
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)

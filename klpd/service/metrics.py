@@ -13,13 +13,12 @@ change (``[metrics] textfile``), atomically so the collector never reads half a 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from klpd.core.model import OverallState
 from klpd.core.status import Snapshot
+from klpd.service.atomicfile import write_atomic
 
 
 def _escape(value: str) -> str:
@@ -147,36 +146,12 @@ def render_metrics(snapshot: Snapshot) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: str | Path, text: str, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``text`` so readers see the old file or the new, never a part.
-
-    The temporary file is in the same directory (rename(2) is atomic only within one file
-    system) and starts with a dot, so collectors that glob ``*.prom`` / ``*.conf`` skip it.
-    The data is fsynced before the rename and the directory after it, so a crash leaves
-    one of the two complete versions.
-    """
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), mode)  # mkstemp creates 0600; collectors run as others
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def write_textfile(path: str | Path, text: str) -> None:
-    """Write metrics ``text`` to the node_exporter textfile ``path`` atomically."""
-    write_atomic(path, text)
+    """Write metrics ``text`` to the node_exporter textfile ``path`` atomically (0644: the
+    collector runs as another user), creating its directory (0755, not its parents) when
+    missing: under the unit, ``/run/klpd/metrics`` in klpd's own RuntimeDirectory."""
+    Path(path).parent.mkdir(mode=0o755, exist_ok=True)
+    write_atomic(path, text, mode=0o644)
 
 
-__all__ = ["render_metrics", "write_atomic", "write_textfile"]
+__all__ = ["render_metrics", "write_textfile"]

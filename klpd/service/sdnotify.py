@@ -16,6 +16,8 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 
+from klpd.core.text import escape_controls
+
 log = logging.getLogger(__name__)
 
 Sender = Callable[[str], bool]
@@ -64,6 +66,11 @@ def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
     return value / 1_000_000 if value > 0 else None
 
 
+def _one_line(text: str) -> str:
+    """Lines joined by spaces, any other control character escaped."""
+    return escape_controls(" ".join(text.splitlines()))
+
+
 class Notifier:
     """Tells the service manager about klpd's state; silent when nobody listens."""
 
@@ -103,11 +110,14 @@ class Notifier:
 
     def ready(self, status: str | None = None) -> bool:
         """Start-up (or a reload) is complete."""
-        return self.notify("READY=1" + (f"\nSTATUS={status}" if status else ""))
+        return self.notify("READY=1" + (f"\nSTATUS={_one_line(status)}" if status else ""))
 
     def status(self, text: str) -> bool:
-        """One line shown by ``systemctl status``."""
-        return self.notify("STATUS=" + " ".join(text.splitlines()))
+        """One line shown by ``systemctl status``.
+
+        Escaped: the text can hold a task's comm or a module's description, and a newline
+        there would start a forged ``KEY=value`` line of the datagram (``STOPPING=1``)."""
+        return self.notify("STATUS=" + _one_line(text))
 
     def watchdog(self) -> bool:
         return self.notify("WATCHDOG=1")

@@ -35,6 +35,7 @@ from klpd.core.status import (
     UnknownPatchError,
 )
 from klpd.dbus import names
+from klpd.dbus.limits import Bounds
 from klpd.dbus.service import DbusService, DbusStartError, start_dbus
 
 STATE_CHANGING: list[tuple[str, str, list[Any]]] = [
@@ -506,7 +507,7 @@ async def test_waiters_are_bounded(
     served: tuple[FakeController, DbusService], client: MessageBus
 ) -> None:
     controller, service = served
-    service.interface.max_waiters = 1
+    service.interface.waiters.bounds = Bounds(total=1, reserve=0, per_uid=1, per_connection=1)
     controller.waiting.clear()
     first = asyncio.ensure_future(call(client, "WaitConverged", "d", 30.0))
     await controller.waiting.wait()

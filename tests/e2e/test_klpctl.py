@@ -233,6 +233,7 @@ async def test_list_show_blocking(
         ],
     }
     controller.blocking = ()
+    controller.publish(controller.snap)  # klpd re-reads blocking tasks on a change
     done = await klpctl(dbus_address, "blocking")
     assert done.stdout == "no task blocks a transition\n"
 

@@ -137,3 +137,25 @@ def test_auto_picks_journal_when_stderr_is_the_journal_stream(tmp_path: Path) ->
     setup_logging("info", "auto", stream=out, environ={})
     logging.getLogger("klpd.x").info("plain")
     assert "INFO klpd.x: plain" in out.getvalue()
+
+
+HOSTILE = "a\nERROR klpd.fake: forged\x1b]0;owned\x07"
+
+
+def test_stderr_line_cannot_be_forged() -> None:
+    # issue 11, point 7: a task's comm reached stderr raw (a forged line, escape codes)
+    out = io.StringIO()
+    setup_logging("info", "stderr", stream=out, environ={})
+    logging.getLogger("klpd.x").warning("blocked by %s", HOSTILE, extra={"REASON": HOSTILE})
+    (line,) = out.getvalue().splitlines()
+    assert "\x1b" not in line and "\x07" not in line
+    assert "blocked by a\\nERROR klpd.fake: forged\\x1b]0;owned\\x07" in line
+
+
+def test_journal_message_and_fields_are_escaped() -> None:
+    journal = Journal()
+    setup_logging("info", "journal", sender=journal)
+    logging.getLogger("klpd.x").warning("blocked by %s", HOSTILE, extra={"REASON": HOSTILE})
+    [entry] = journal.entries
+    assert "\x1b" not in entry["MESSAGE"] and "\x1b" not in entry["REASON"]
+    assert entry["REASON"] == "a\\nERROR klpd.fake: forged\\x1b]0;owned\\x07"

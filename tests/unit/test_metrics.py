@@ -20,7 +20,8 @@ from klpd.core.status import (
     Snapshot,
     TransitionReport,
 )
-from klpd.service.metrics import render_metrics, write_atomic, write_textfile
+from klpd.service.atomicfile import write_atomic
+from klpd.service.metrics import render_metrics, write_textfile
 
 # https://prometheus.io/docs/instrumenting/exposition_formats/#text-based-format
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
@@ -172,6 +173,9 @@ def test_write_atomic_failure_keeps_old_file(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["klpd.prom"]
 
 
-def test_write_into_missing_directory_fails(tmp_path: Path) -> None:
+def test_write_creates_its_own_directory_only(tmp_path: Path) -> None:
+    # /run/klpd/metrics under the unit: klpd's RuntimeDirectory exists, metrics/ may not
+    write_textfile(tmp_path / "metrics" / "klpd.prom", "x\n")
+    assert stat.S_IMODE((tmp_path / "metrics").stat().st_mode) == 0o755
     with pytest.raises(FileNotFoundError):
-        write_textfile(tmp_path / "absent" / "klpd.prom", "x\n")
+        write_textfile(tmp_path / "absent" / "deeper" / "klpd.prom", "x\n")

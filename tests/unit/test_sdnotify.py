@@ -124,3 +124,14 @@ def test_watchdog_interval() -> None:
     assert watchdog_interval({"WATCHDOG_USEC": "0"}) is None
     assert watchdog_interval({"WATCHDOG_USEC": "soon"}) is None
     assert Notifier({"WATCHDOG_USEC": "4000000"}).watchdog_interval() == 4.0
+
+
+def test_status_cannot_forge_a_line(notifier: Notifier, manager: Manager) -> None:
+    # issue 11, point 7: a task's comm of "a\nSTOPPING=1\nb" forged a STOPPING=1 line
+    notifier.ready("converging: lpa__ext4 stalled, blocked by a\nSTOPPING=1\nb\x1b[2J[42]")
+    lines = manager.receive().split("\n")
+    assert lines[0] == "READY=1" and len(lines) == 2, lines
+    assert lines[1].startswith("STATUS=") and "\x1b" not in lines[1]
+    notifier.status("x\nSTOPPING=1\x1b")
+    (line,) = manager.receive().split("\n")
+    assert line == "STATUS=x STOPPING=1\\x1b"
