@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -18,6 +18,8 @@ from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 from dbus_helpers import AS_NOBODY, FakeController, start_private_bus
 
+from klpd.core.model import BlockingTask
+from klpd.core.preview import PlanPreview
 from klpd.dbus import limits, names
 from klpd.dbus.service import DbusService, start_dbus
 
@@ -209,7 +211,7 @@ async def test_nobody_cannot_take_every_wait_slot(
 class CountingController(FakeController):
     walks = 0
 
-    def blocking_tasks(self):  # type: ignore[no-untyped-def]
+    def blocking_tasks(self) -> tuple[BlockingTask, ...]:
         self.walks += 1
         return super().blocking_tasks()
 
@@ -251,7 +253,9 @@ async def test_blocking_tasks_walked_once_and_stacks_only_for_root(
 class CountingPlans(FakeController):
     rescans = 0
 
-    def plan_preview(self, *, rescan=False, enable=(), disable=()):  # type: ignore[no-untyped-def]
+    def plan_preview(
+        self, *, rescan: bool = False, enable: Sequence[str] = (), disable: Sequence[str] = ()
+    ) -> PlanPreview:
         self.rescans += rescan
         return super().plan_preview(rescan=rescan, enable=enable, disable=disable)
 

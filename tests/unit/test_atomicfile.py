@@ -49,9 +49,9 @@ def test_data_and_directory_are_fsynced_before_and_after_the_rename(
         steps.append("fsync-dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync-file")
         real_fsync(fd)
 
-    def rename(*args: object, **kw: object) -> None:
+    def rename(src: str, dst: str, *, src_dir_fd: int, dst_dir_fd: int) -> None:
         steps.append("rename")
-        real_rename(*args, **kw)  # type: ignore[arg-type]
+        real_rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "rename", rename)

@@ -13,6 +13,7 @@ import lzma
 import os
 import struct
 import tracemalloc
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -54,11 +55,11 @@ def bomb(path: Path, kind: str, inflated: int, shoff: int | None = None) -> None
             f.write(_zeros(kind))
 
 
-def peak_bytes_of(fn: object, *args: object) -> tuple[int, BaseException | None]:
+def peak_bytes_of(fn: Callable[[Path], object], *args: Path) -> tuple[int, BaseException | None]:
     tracemalloc.start()
     err: BaseException | None = None
     try:
-        fn(*args)  # type: ignore[operator]
+        fn(*args)
     except BaseException as e:
         err = e
     finally:
