@@ -120,10 +120,11 @@ class MetricsConfig(_Section):
     textfile: str = Field(
         default="",
         description=(
-            "A `.prom` file rewritten atomically on each state change, in node_exporter's "
-            'textfile directory, e.g. "/var/lib/prometheus/node-exporter/klpd.prom". Empty '
-            "disables it. The unit's ProtectSystem=strict needs that directory added with a "
-            "drop-in: `ReadWritePaths=/var/lib/prometheus/node-exporter`."
+            "A `.prom` file rewritten atomically (mode 0644) on each state change. Under the "
+            'shipped unit use "/run/klpd/metrics/klpd.prom" and point node_exporter\'s '
+            "`--collector.textfile.directory` at /run/klpd/metrics: klpd has no "
+            "CAP_DAC_OVERRIDE, so it cannot write into a directory owned by the prometheus "
+            "user. Empty disables it."
         ),
     )
 
@@ -146,8 +147,11 @@ class SoftdepConfig(_Section):
         "not depend on `<m>`'s symbols.",
     )
     path: str = Field(
-        default="/run/modprobe.d/klpd.conf",
-        description="The modprobe.d file klpd owns and rewrites.",
+        default="/run/klpd/softdep.conf",
+        description="The softdep file klpd owns and rewrites; modprobe reads it through the "
+        "symlink /run/modprobe.d/klpd.conf that klpd's tmpfiles.d line makes (so the unit "
+        "never needs /run/modprobe.d writable). Without that link, point it into a "
+        "modprobe.d directory.",
     )
 
     @field_validator("path")

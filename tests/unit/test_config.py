@@ -51,7 +51,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "dbus": {"bus": "system", "enabled": True},
     "logging": {"level": "info", "target": "auto"},
     "metrics": {"textfile": ""},
-    "softdep": {"enabled": False, "path": "/run/modprobe.d/klpd.conf"},
+    "softdep": {"enabled": False, "path": "/run/klpd/softdep.conf"},
     "state": {"directory": "/var/lib/klpd"},
     "inspect": {"undeterminable": "refuse"},
     "boot_guard": {"enabled": True, "grace_period": 60.0},

@@ -79,5 +79,5 @@ klpd_mode() { # MODE ITERATIONS POLICY [TOML...]
 
 klpd_mode klpd_remove "$N" remove
 klpd_mode klpd_keep 2 keep
-klpd_mode klpd_softdep 2 remove '[softdep]' 'enabled = true'
+klpd_mode klpd_softdep 2 remove '[softdep]' 'enabled = true' 'path = "/run/modprobe.d/klpd.conf"'
 exit 0
