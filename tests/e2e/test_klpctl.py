@@ -336,6 +336,8 @@ async def test_monitor_sees_klpd_stop(dbus_address: str) -> None:
         ["disable", "lpa", "--debug"],
         ["monitor"],
         ["monitor", "--count", "2", "--json"],
+        ["plan"],
+        ["plan", "--rescan", "--enable", "lpa", "--enable=lpb", "--disable", "lpc", "--json"],
     ],
 )
 def test_fast_parser_agrees_with_argparse(argv: list[str]) -> None:
@@ -358,6 +360,9 @@ def test_fast_parser_agrees_with_argparse(argv: list[str]) -> None:
         ["wait", "--timeout", "x"],
         ["status", "--timeout", "3"],
         ["monitor", "--count"],
+        ["plan", "--rescan=yes"],
+        ["plan", "--enable"],
+        ["status", "--rescan"],
     ],
 )
 def test_fast_parser_leaves_the_rest_to_argparse(argv: list[str]) -> None:
