@@ -54,3 +54,25 @@ def test_every_type_ignore_says_which_error_and_why() -> None:
             if not m["codes"] or not reason:
                 bare.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not bare, "type: ignore without [code] and a reason:\n" + "\n".join(bare)
+
+
+MAX_FILE_LINES = 400
+MAX_CLASS_LINES = 250
+
+
+def test_product_files_and_classes_stay_readable() -> None:
+    """A reader knows their room: no product file over 400 lines, no class over 250."""
+    import ast
+
+    too_big: list[str] = []
+    for path in sorted((ROOT / "klpd").rglob("*.py")):
+        text = path.read_text()
+        name = path.relative_to(ROOT)
+        if (n := len(text.splitlines())) > MAX_FILE_LINES:
+            too_big.append(f"{name}: {n} lines")
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, ast.ClassDef) or node.end_lineno is None:
+                continue
+            if (size := node.end_lineno - node.lineno + 1) > MAX_CLASS_LINES:
+                too_big.append(f"{name}: class {node.name}: {size} lines")
+    assert not too_big, "\n".join(too_big)
