@@ -11,10 +11,9 @@ call takes a bounded slot. The schema is in ``docs/dbus.md`` and
 
 import json
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from dbus_fast import (
     BusType,
@@ -23,7 +22,6 @@ from dbus_fast import (
     MessageFlag,
     NameFlag,
     RequestNameReply,
-    Variant,
 )
 from dbus_fast.aio import MessageBus
 from dbus_fast.constants import PropertyAccess
@@ -34,11 +32,17 @@ from dbus_fast.service import method as dbus_method
 from dbus_fast.service import signal as dbus_signal
 
 import klpd
-from klpd.core.names import NameError_, validate_patch_name
-from klpd.core.status import Controller, Event, EventKind, PatchReport, Snapshot
+from klpd.core.status import Controller, Event, EventKind
 from klpd.dbus import names
 from klpd.dbus.calls import record_call, served_call
-from klpd.dbus.errors import Busy, InvalidArgument, UnknownPatch, to_dbus_error
+from klpd.dbus.convert import (
+    patch_to_wire,
+    plan_options,
+    properties_of,
+    valid_patch,
+    valid_timeout,
+)
+from klpd.dbus.errors import Busy, UnknownPatch, to_dbus_error
 from klpd.dbus.limits import (
     PLAN_RESCAN_SECONDS,
     WAIT_BOUNDS,
@@ -64,70 +68,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-ModuleWire = tuple[str, str, str, bool, bool, str]
-PatchWire = tuple[str, str, bool, str, int, str, list[ModuleWire]]
-BlockingWire = tuple[int, str, int, str]
-_PLAN_OPTIONS = {"rescan": "b", "enable": "as", "disable": "as"}
-
-
 class DbusStartError(RuntimeError):
     """The service could not start (bus unreachable, name taken, policy denies it)."""
-
-
-# --- wire conversions -------------------------------------------------------------------
-
-
-def patch_to_wire(p: PatchReport) -> PatchWire:
-    modules = [
-        (m.module, m.obj, m.status.value, m.object_loaded, m.loaded, m.error) for m in p.modules
-    ]
-    return (p.name, p.status.value, p.desired, p.series, p.version, p.description, modules)
-
-
-def properties_of(snap: Snapshot) -> dict[str, Any]:
-    """The D-Bus property values of a snapshot (what PropertiesChanged compares)."""
-    t = snap.transition
-    return {
-        "State": snap.state.value,
-        "KernelRelease": snap.kernel_release,
-        "Transition": t.module if t else "",
-        "TransitionTarget": t.target if t else "",
-        "Stalled": bool(t and t.stalled),
-        "LastError": snap.last_error,
-        "LastReconcile": float(snap.last_reconcile),
-    }
-
-
-def _valid_patch(name: str) -> str:
-    try:
-        return validate_patch_name(name)
-    except NameError_ as e:
-        raise InvalidArgument(str(e)) from None
-
-
-def _plan_options(options: dict[str, Variant]) -> tuple[bool, list[str], list[str]]:
-    """Plan()'s options: ``rescan`` (b), ``enable`` and ``disable`` (as); nothing else."""
-    unknown = set(options) - set(_PLAN_OPTIONS)
-    if unknown:
-        raise InvalidArgument(f"unknown Plan() options: {', '.join(sorted(unknown))}")
-    for key, value in options.items():
-        if value.signature != _PLAN_OPTIONS[key]:
-            raise InvalidArgument(
-                f"Plan() option {key!r} must be of type {_PLAN_OPTIONS[key]!r}, "
-                f"not {value.signature!r}"
-            )
-    rescan = bool(options["rescan"].value) if "rescan" in options else False
-    enable = [_valid_patch(n) for n in options["enable"].value] if "enable" in options else []
-    disable = [_valid_patch(n) for n in options["disable"].value] if "disable" in options else []
-    return rescan, enable, disable
-
-
-def _valid_timeout(timeout: float) -> float:
-    if not math.isfinite(timeout) or not 0.0 <= timeout <= names.WAIT_MAX_SECONDS:
-        raise InvalidArgument(
-            f"timeout must be between 0 and {names.WAIT_MAX_SECONDS:.0f} seconds, not {timeout!r}"
-        )
-    return timeout
 
 
 # --- the interface ----------------------------------------------------------------------
@@ -211,7 +153,7 @@ class ManagerInterface(ServiceInterface):
 
     @dbus_method()
     def DescribePatch(self, name: DBusStr) -> DBusStr:
-        report = self._controller.snapshot().patch(_valid_patch(name))
+        report = self._controller.snapshot().patch(valid_patch(name))
         if report is None:
             raise UnknownPatch(f"no patch named {name!r}")
         return json.dumps(asdict(report), sort_keys=True)
@@ -235,7 +177,7 @@ class ManagerInterface(ServiceInterface):
 
     @dbus_method()
     async def Plan(self, options: PlanOptions) -> DBusStr:
-        rescan, enable, disable = _plan_options(options)
+        rescan, enable, disable = plan_options(options)
         if rescan and not self.rescans.ready() and not await self._privileged("Plan"):
             raise Busy(
                 f"Plan with rescan: one per {PLAN_RESCAN_SECONDS:.0f} s for unprivileged "
@@ -248,7 +190,7 @@ class ManagerInterface(ServiceInterface):
         return json.dumps(preview.to_dict(), sort_keys=True)
 
     async def _wait(self, what: str, wait: Callable[[float], Awaitable[T]], timeout: float) -> T:
-        seconds = _valid_timeout(timeout)
+        seconds = valid_timeout(timeout)
         sender = self._this_call(what).sender or ""
         uid = await self._call(what, self.callers.uid(sender))
         privileged = uid == 0
@@ -267,12 +209,12 @@ class ManagerInterface(ServiceInterface):
     @dbus_method()
     async def EnablePatch(self, name: DBusStr) -> NoReply:
         await self._authorize("EnablePatch")
-        await self._call("EnablePatch", self._controller.enable_patch(_valid_patch(name)))
+        await self._call("EnablePatch", self._controller.enable_patch(valid_patch(name)))
 
     @dbus_method()
     async def DisablePatch(self, name: DBusStr) -> NoReply:
         await self._authorize("DisablePatch")
-        await self._call("DisablePatch", self._controller.disable_patch(_valid_patch(name)))
+        await self._call("DisablePatch", self._controller.disable_patch(valid_patch(name)))
 
     # signals: each is (patch, module, detail)
 
