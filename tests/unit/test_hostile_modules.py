@@ -13,7 +13,7 @@ import lzma
 import os
 import struct
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 
@@ -126,22 +126,50 @@ def test_too_many_sections_refused() -> None:
         modinfo.modinfo_section(bytes(image))
 
 
-def test_deep_directory_tree_is_one_problem(tmp_path: Path) -> None:
-    write_ko(tmp_path / "lp__vmlinux.ko", LP)
-    deep = tmp_path
+def _remove_chain(root: Path, name: str) -> None:
+    """Remove ``root/name/name/...`` bottom-up without recursion (shutil.rmtree, and so
+    pytest's own clean-up of old temporary directories, recurses once per level)."""
+    fds = [os.open(root, os.O_RDONLY | os.O_DIRECTORY)]
+    try:
+        while True:
+            try:
+                fds.append(os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fds[-1]))
+            except FileNotFoundError:
+                break
+        os.close(fds.pop())  # the deepest directory
+        while len(fds) > 1:
+            os.rmdir(name, dir_fd=fds[-1])
+            os.close(fds.pop())
+        os.rmdir(name, dir_fd=fds[0])
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+@pytest.fixture
+def deep_tree(tmp_path: Path) -> Iterator[Path]:
+    """``tmp_path/d/d/.../d``, 1,100 levels (a tree that raised RecursionError)."""
     fd = os.open(tmp_path, os.O_RDONLY)
     try:
-        for _ in range(1100):  # a 1,100-level tree raised RecursionError
+        for _ in range(1100):
             os.mkdir("d", dir_fd=fd)
             new = os.open("d", os.O_RDONLY, dir_fd=fd)
             os.close(fd)
             fd = new
     finally:
         os.close(fd)
-    catalog = scan_catalog([tmp_path])
+    try:
+        yield tmp_path
+    finally:
+        _remove_chain(tmp_path, "d")
+
+
+def test_deep_directory_tree_is_one_problem(deep_tree: Path) -> None:
+    write_ko(deep_tree / "lp__vmlinux.ko", LP)
+    catalog = scan_catalog([deep_tree])
     assert list(catalog.patches) == ["lp"]
     (problem,) = catalog.problems
-    assert problem.path == str(deep / "/".join(["d"] * (MAX_DEPTH + 1)))
+    assert problem.path == str(deep_tree / "/".join(["d"] * (MAX_DEPTH + 1)))
     assert f"deeper than {MAX_DEPTH}" in problem.message
 
 
