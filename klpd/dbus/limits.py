@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 # Remembered sender -> uid pairs (a few hundred bytes each).
 MAX_REMEMBERED_CALLERS = 4096
+# How long a polkit "no" for a read (stacks, the wait reserve) is taken as the answer.
+READ_VERDICT_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,7 @@ class Callers:
     def __init__(self, bus: MessageBus, auth_bounds: Bounds = AUTH_BOUNDS) -> None:
         self._bus = bus
         self._uids: OrderedDict[str, int] = OrderedDict()
+        self._refused: dict[int, float] = {}  # uid -> when polkit last said no (for reads)
         self.checks = Slots("authorisation", auth_bounds)
 
     async def uid(self, sender: str) -> int:
@@ -150,13 +153,24 @@ class Callers:
         )
 
     async def privileged(self, sender: str, uid: int) -> bool:
-        """Root, or polkit says yes without asking anyone; False when it cannot be told."""
+        """Root, or polkit says yes without asking anyone; False when it cannot be told.
+
+        For reads (stacks, the WaitConverged reserve): a "no" is remembered per uid for
+        :data:`READ_VERDICT_SECONDS`, so a user repeating a read (from any number of
+        connections) does not make klpd ask polkit, and log, each time."""
         if uid == 0:
             return True
+        refused_at = self._refused.get(uid)
+        if refused_at is not None and time.monotonic() - refused_at < READ_VERDICT_SECONDS:
+            return False
         try:
             await self.authorize(sender, "privileged read", interactive=False)
         except (AccessDenied, Busy):
+            self._refused[uid] = time.monotonic()
+            while len(self._refused) > MAX_REMEMBERED_CALLERS:
+                self._refused.pop(next(iter(self._refused)))
             return False
+        self._refused.pop(uid, None)
         return True
 
 
