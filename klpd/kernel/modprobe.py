@@ -2,6 +2,13 @@
 
 The module name has been validated (:mod:`klpd.core.names`) before it gets here, and ``--``
 separates it from the options all the same.
+
+Which file modprobe loads for a name is depmod's choice (its search order: ``updates/``
+first by default, ``depmod.d`` can say otherwise). klpd vets the file it catalogued, so the
+two must be the same file: :func:`klpd.kernel.catalog.scan_catalog` refuses a patch whose
+module is installed more than once (naming every copy) instead of modelling depmod's order
+(issue 11, point 8). With the default catalog (all of ``/lib/modules/$(uname -r)``) every
+file modprobe could pick for that name is seen.
 """
 
 from __future__ import annotations
