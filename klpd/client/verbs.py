@@ -170,11 +170,12 @@ def cmd_plan(c: Client, a: Args) -> int:
         return 0
     plan = c.loads(text)
     if plan["transition"]:
-        print(f"(a transition of {plan['transition']} is running: klpd waits for it first)")
+        transition = escape_controls(plan["transition"])
+        print(f"(a transition of {transition} is running: klpd waits for it first)")
     if not plan["actions"]:
         print("nothing to do")
     for action in plan["actions"]:
-        print(action["text"])
+        print(escape_controls(action["text"]))  # reasons can quote module files
     return 0
 
 

@@ -146,7 +146,7 @@ def test_a_monitor_keeps_a_bounded_queue(dbus_address: str) -> None:
         assert conn.dropped_signals >= 1600 - wire.MAX_QUEUED_SIGNALS  # (+ NameAcquired)
 
 
-@pytest.mark.parametrize("verb", ["status", "blocking", "list", "show"])
+@pytest.mark.parametrize("verb", ["status", "blocking", "list", "show", "plan"])
 async def test_terminal_output_is_escaped(
     served: tuple[FakeController, DbusService], dbus_address: str, verb: str
 ) -> None:
@@ -158,6 +158,7 @@ async def test_terminal_output_is_escaped(
     assert t is not None
     lpa = replace(snap.patches[0], description=hostile, cves=(hostile,))
     controller.blocking = (task,)
+    controller.preview = replace(controller.preview, transition=hostile)
     controller.snap = replace(
         snap, patches=(lpa, *snap.patches[1:]), transition=replace(t, blocking=(task,))
     )
