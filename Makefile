@@ -39,6 +39,7 @@ bench: setup
 	$(PY) bench/klpctl_status.py
 	$(PY) bench/dbus_describe.py
 	$(PY) bench/unpatched_window.py
+	$(PY) bench/inspect_modules.py
 
 install: setup
 	./scripts/install.sh

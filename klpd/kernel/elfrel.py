@@ -177,8 +177,10 @@ class RelocatableElf:
         abs64 = ABS64.get(self.machine)
         index: dict[int, dict[int, Target]] = {}
         for rela in self.sections:
-            if rela.type != _SHT_RELA or rela.info >= len(self.sections):
+            if rela.type != _SHT_RELA or not 0 < rela.info < len(self.sections):
                 continue
+            if not self.sections[rela.info].flags & _SHF_ALLOC:
+                continue  # .rela.debug_* and the like: most of a module's relocations
             data = self._bytes(rela.offset, rela.size, f"relocation section {rela.name}")
             into = index.setdefault(rela.info, {})
             for at in range(0, len(data) - 23, 24):
