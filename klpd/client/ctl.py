@@ -177,7 +177,37 @@ def build_parser() -> argparse.ArgumentParser:
                 p.add_argument(o.flag, action="append", metavar=o.metavar, help=o.help)
             else:
                 p.add_argument(o.flag, action=o.action, help=o.help)
+    # inspect needs no daemon: it is not in VERBS (dispatched in main, imported lazily)
+    p = sub.add_parser("inspect", help=INSPECT_HELP, description=INSPECT_HELP)
+    add_inspect_arguments(p)
     return parser
+
+
+INSPECT_HELP = (
+    "would klpd load these module files? every check klpd makes before a load; no daemon "
+    "needed (exit 0: all would load, 1: problems, each listed)"
+)
+
+
+def add_inspect_arguments(p: argparse.ArgumentParser) -> None:
+    """``klpctl inspect``'s own arguments (the verb runs in :mod:`klpd.client.inspect`)."""
+    p.add_argument("targets", nargs="+", metavar="FILE|MODULE")
+    p.add_argument("--kernel", metavar="RELEASE", help="check vermagic against RELEASE")
+    p.add_argument("--config", default=None, help="klpd's configuration (catalog, kernel)")
+    p.add_argument("--btf", metavar="FILE", help="vmlinux BTF to take struct layouts from")
+
+
+def _inspect_argv(argv: list[str]) -> list[str] | None:
+    """The arguments of ``klpctl [OPTIONS] inspect ...`` for the inspect verb (global
+    ``--json`` kept, ``--bus``/``--debug`` dropped: no bus is used); None for other verbs."""
+    i, kept = 0, []
+    while i < len(argv) and argv[i].startswith("-"):
+        if argv[i] == "--json":
+            kept.append("--json")
+        i += 2 if argv[i] == "--bus" else 1
+    if i >= len(argv) or argv[i] != "inspect":
+        return None
+    return kept + argv[i + 1 :]
 
 
 def bus_address(option: str | None) -> str:
@@ -203,10 +233,11 @@ def parse_args(argv: list[str]) -> Args:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["inspect"]:  # no daemon needed; imported here to keep the fast start
+    inspect_argv = _inspect_argv(argv)
+    if inspect_argv is not None:  # no daemon needed; imported here to keep the fast start
         from klpd.client import inspect
 
-        return inspect.main(argv[1:])
+        return inspect.main(inspect_argv)
     try:
         args = parse_args(argv)
     except SystemExit as e:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from klpd.client.ctl import add_inspect_arguments
 from klpd.core import names
 from klpd.core.model import Catalog
 from klpd.core.screen import KlpFacts, Undeterminable, screen
@@ -78,11 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check livepatch module files (or installed modules by name) the way klpd "
         "does before loading them. No running klpd needed.",
     )
-    p.add_argument("targets", nargs="+", metavar="FILE|MODULE")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--kernel", metavar="RELEASE", help="check vermagic against RELEASE")
-    p.add_argument("--config", default=None, help="klpd's configuration (catalog, kernel)")
-    p.add_argument("--btf", metavar="FILE", help="vmlinux BTF to take struct layouts from")
+    add_inspect_arguments(p)
     return p
 
 

@@ -64,6 +64,7 @@ class KernelConfig(_Section):
         except OSError as e:
             raise ConfigError(f"cannot read the kernel release from {path}: {e}") from e
 
+
 class EventsConfig(_Section):
     """The module uevent source."""
 
@@ -79,6 +80,7 @@ class EventsConfig(_Section):
             "unless klpd has CAP_NET_ADMIN, which the shipped unit does not grant."
         ),
     )
+
 
 class DBusConfig(_Section):
     """The D-Bus service."""
@@ -102,6 +104,7 @@ class DBusConfig(_Section):
             f'"unix:path=/run/bus", got {value!r}'
         )
 
+
 class LoggingConfig(_Section):
     """Logging."""
 
@@ -113,6 +116,7 @@ class LoggingConfig(_Section):
         description="`journal` (structured fields), `stderr`, or `auto`: the journal when "
         "stderr is connected to it (systemd's `JOURNAL_STREAM`).",
     )
+
 
 class MetricsConfig(_Section):
     """Prometheus node_exporter textfile output."""
@@ -136,6 +140,7 @@ class MetricsConfig(_Section):
             if not value.endswith(".prom"):
                 raise ValueError(f"node_exporter reads only *.prom files, got {value!r}")
         return value
+
 
 class SoftdepConfig(_Section):
     """modprobe.d softdeps that load `<patch>__<m>` before `<m>` (closes the unpatched
@@ -161,6 +166,7 @@ class SoftdepConfig(_Section):
         if not value.endswith(".conf"):
             raise ValueError(f"modprobe reads only *.conf files in modprobe.d, got {value!r}")
         return value
+
 
 class StateConfig(_Section):
     """Persistent state."""

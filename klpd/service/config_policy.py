@@ -47,6 +47,7 @@ class CatalogConfig(_Section):
         dirs = self.directories or [DEFAULT_CATALOG_DIRECTORY]
         return [d.replace("{release}", release) for d in dirs]
 
+
 class PatchesConfig(_Section):
     """Which installed patches klpd applies."""
 
@@ -84,6 +85,7 @@ class PatchesConfig(_Section):
             out[_patch_name(series)] = version
         return out
 
+
 class PolicyConfig(_Section):
     """What klpd does when the world changes under an applied patch."""
 
@@ -95,6 +97,7 @@ class PolicyConfig(_Section):
             "module's memory); `remove` disables and unloads it (the POC's rule)."
         ),
     )
+
 
 class TransitionConfig(_Section):
     """Livepatch transitions: how klpd waits for them and what it does when one stalls."""
@@ -125,6 +128,7 @@ class TransitionConfig(_Section):
         description="Seconds a reverting transition may take before klpd gives up on it and "
         "reports the module failed.",
     )
+
 
 class RetryConfig(_Section):
     """Retries of module loads and removals."""
@@ -165,6 +169,7 @@ class RetryConfig(_Section):
         delay: float = self.ebusy_backoff * 2.0 ** (attempt - 1)
         return min(delay, self.ebusy_backoff_max)
 
+
 class InspectConfig(_Section):
     """Reading each module's `struct klp_patch` before loading it."""
 
@@ -174,6 +179,7 @@ class InspectConfig(_Section):
         "file: `refuse` it, or load it with a `warn`ing (an atomic-replace patch replaces "
         "every livepatch on the system).",
     )
+
 
 class BootGuardConfig(_Section):
     """The boot-loop guard: a module loaded shortly before the machine went down is
