@@ -16,7 +16,10 @@ from hypothesis import strategies as st
 
 from klpd.service.config import Config, ConfigError, parse_config, reload_config
 
-SECTIONS = {name: sorted(f.annotation.model_fields) for name, f in Config.model_fields.items()}
+SECTIONS = {
+    name: sorted(f.annotation.model_fields)  # type: ignore[union-attr]
+    for name, f in Config.model_fields.items()
+}
 SOURCE = "/etc/klpd/klpd.toml"
 
 _keys = st.sampled_from([k for keys in SECTIONS.values() for k in keys] + ["bogus", "x-y"])
