@@ -171,6 +171,7 @@ class VirtualClock:
         return _time.time()
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        # asyncio keeps its selector private; the virtual clock wraps its select()
         selector: selectors.BaseSelector = loop._selector  # type: ignore[attr-defined]
         real_select = selector.select
 
@@ -181,5 +182,6 @@ class VirtualClock:
                 raise RuntimeError("the loop would wait forever: nothing is scheduled")
             return real_select(0)
 
+        # the loop reads the clock and waits through these two: replace both
         loop.time = self.monotonic  # type: ignore[method-assign]
-        selector.select = select  # type: ignore[method-assign]
+        selector.select = select  # type: ignore[method-assign]  # (see above)

@@ -127,7 +127,7 @@ class World:
                 self.violations.append(f"two transitions: {patch.module} during one")
             start(patch, target)
 
-        self.kernel._start_transition = one_at_a_time  # type: ignore[method-assign]
+        self.kernel._start_transition = one_at_a_time  # type: ignore[method-assign]  # a probe
 
     # --- klpd's life ------------------------------------------------------------------
 
@@ -383,7 +383,7 @@ async def run_steps(root: Path, steps: list[Step], figures: Figures | None = Non
     root.mkdir(parents=True)
     clock = VirtualClock()
     clock.install(asyncio.get_running_loop())
-    saved = transition_mod.time  # type: ignore[attr-defined]
+    saved = transition_mod.time  # type: ignore[attr-defined]  # its `import time`
     transition_mod.time = clock  # type: ignore[attr-defined,assignment]  # the stall timer
     world = World(root, fig)
     base = fig.steps  # figures add up over worlds; the step index is this world's
@@ -395,7 +395,7 @@ async def run_steps(root: Path, steps: list[Step], figures: Figures | None = Non
             e.at -= base + 1
         raise
     finally:
-        transition_mod.time = saved  # type: ignore[attr-defined]
+        transition_mod.time = saved  # type: ignore[attr-defined]  # its `import time`
         await world.stop()
     return fig
 

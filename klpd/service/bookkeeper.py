@@ -68,7 +68,7 @@ class Bookkeeper:
         refusal = self._guard.check_loaded(action.patch, action.module, step.replace)
         if refusal is not None:
             refused = self.refuse(refusal)
-        if action.kind is ActionKind.DISABLE:
+        if action.kind is ActionKind.DISABLE and not step.replan:
             self._guard.taken_away(action.module)
         if step.applied:
             self._applied(action.patch, action.module, pm)

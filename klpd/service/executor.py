@@ -55,6 +55,7 @@ class Step:
     applied: bool = False  # LOAD: enabled, and its transition completed
     replace: bool = False  # LOAD: sysfs shows it is an atomic-replace patch
     retired: bool = False  # UNLOAD: rmmod succeeded
+    replan: bool = False  # nothing done: the kernel changed under the plan, plan again
 
 
 def _fault(action: Action, message: str) -> Fault:
@@ -106,21 +107,22 @@ class Executor:
 
     async def disable(self, action: Action) -> Step:
         faults: list[Fault] = []
-        retry = self.retry
-        while True:
-            await self._wait_quiet(faults)
-            try:
-                self._port.write_attr(action.module, "enabled", "0\n")
-                break
-            except FileNotFoundError:
-                return Step(action, tuple(faults))  # already gone
-            except OSError as e:
-                if e.errno == errno.EBUSY and not retry.is_exhausted():
-                    await asyncio.sleep(retry.delay())
-                    retry = retry.increment()
-                    continue
+        await self._wait_quiet(faults)
+        try:
+            self._port.write_attr(action.module, "enabled", "0\n")
+        except FileNotFoundError:
+            return Step(action, tuple(faults))  # already gone
+        except OSError as e:
+            if e.errno != errno.EBUSY:
                 message = f"cannot disable: {os.strerror(e.errno or 0)}"
                 return Step(action, (*faults, _fault(action, message)))
+            # Another transition started after the plan was made. Wait for it, then let
+            # the orchestrator read the kernel and plan again: the disable may be wanted no
+            # more (the soak found an object that came back meanwhile and lost its patch to
+            # a disable planned while it was gone).
+            await self._wait_quiet(faults)
+            await asyncio.sleep(self.retry.delay())
+            return Step(action, tuple(faults), replan=True)
         self._counters.transitions += 1
         await self._wait(action.module, False, action.patch, faults)
         await self._watcher.wait_until(

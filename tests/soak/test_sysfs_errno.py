@@ -130,3 +130,34 @@ async def test_a_long_transition_racing_the_disable_is_waited_out(world_dir: Pat
     assert len(ebusy) == 1, world.port.writes  # the one that lost the race, then a wait
     await world.quiesce()
     await world.stop()
+
+
+async def test_a_disable_planned_before_the_object_came_back_is_not_done(
+    world_dir: Path,
+) -> None:
+    """Found by the soak: policy ``remove``, ext4 goes, klpd plans to disable lpa__ext4;
+    another tool's transition wins the race for the write (EBUSY); while klpd waits for it,
+    ext4 comes back — and the kernel patches it with lpa__ext4 as it comes. klpd must plan
+    again rather than finish the old plan and unpatch a live ext4."""
+    world = await _world(world_dir)
+    await world.stop()
+    world.configure("remove", "revert")
+    world.start()
+    await world.quiesce()
+    k = world.kernel
+
+    def race() -> None:
+        world.foreign_load()
+        k.stall("vmlinux", "sleeper", "other_fix")
+
+    world.port.race_next = race
+    await world.step(("unload", "ext4"))
+    await settle(world, lambda: any(w[3] == errno.EBUSY for w in world.port.writes))
+    await world.step(("load", "ext4"))  # patched by lpa__ext4 as it comes
+    k.unstall("vmlinux")
+    await world.quiesce()  # raises if ext4 was ever seen unpatched by the lpa series
+    assert k.patches["lpa__ext4"].enabled
+    assert [w for w in world.port.writes if w[0] == "lpa__ext4"] == [
+        ("lpa__ext4", "enabled", "0", errno.EBUSY)
+    ]
+    await world.stop()

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from klpd.service.config import Config, ConfigError, parse_config, reload_config
 
 SECTIONS = {
-    name: sorted(f.annotation.model_fields)  # type: ignore[union-attr]
+    name: sorted(f.annotation.model_fields)  # type: ignore[union-attr]  # every section is a model
     for name, f in Config.model_fields.items()
 }
 SOURCE = "/etc/klpd/klpd.toml"
