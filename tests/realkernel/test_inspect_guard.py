@@ -43,6 +43,19 @@ def _load_vm() -> ModuleType:
 vm = _load_vm()
 
 
+def _build_6_1() -> Any:
+    """Debian's 6.1 line: from tests/realkernel/lines.py where the suite has kernel lines,
+    else build.sh's one build."""
+    if (HERE / "lines.py").exists():
+        spec = importlib.util.spec_from_file_location("klpd_realkernel_lines", HERE / "lines.py")
+        assert spec and spec.loader
+        lines = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = lines
+        spec.loader.exec_module(lines)
+        return lines.prepare(lines.BY_NAME["6.1"])
+    return vm.build_modules()
+
+
 def _steps(trace: dict[str, Any], name: str, console: str) -> dict[str, Step]:
     if name not in trace["scenarios"]:
         raise AssertionError(f"scenario {name} recorded no steps; guest console:\n{console}")
@@ -57,7 +70,7 @@ def boots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Step]
         f.truncate(32 * 1024 * 1024)
     subprocess.run(["mkfs.ext4", "-q", "-F", str(disk)], check=True)
     drive = ["-drive", f"file={disk},format=raw,if=virtio"]
-    build = vm.build_modules()
+    build = _build_6_1()
     first = vm.run_guest(
         [SCENARIOS / "inspect_guard.sh", SCENARIOS / "quarantine_boot1.sh"],
         build=build,

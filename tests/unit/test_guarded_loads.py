@@ -18,6 +18,7 @@ from klpd.service.bootguard import BootGuard
 from klpd.service.config import Config
 from klpd.service.controls import Control
 from klpd.service.inspection import ModuleInspector
+from klpd.service.metrics import render_metrics
 from klpd.service.orchestrator import Orchestrator
 
 RELEASE = "6.1.0-test"
@@ -111,6 +112,12 @@ async def test_refused_before_loading_with_reasons(tmp_path: Path) -> None:
         "time (as klp-build's init code does), where replace is code, not data",
     }
     assert w.module("lprep__vmlinux").status is ModuleStatus.REFUSED
+    metrics = render_metrics(snap)
+    for patch in ("lprep", "lpwrong", "lptwo", "lpdyn"):
+        assert (
+            f'klpd_module_status{{patch="{patch}",module="{patch}__vmlinux",object="vmlinux",'
+            'status="refused"} 1' in metrics
+        )
     assert sorted(p for p, _m, _d in w.failed_events()) == ["lpdyn", "lprep", "lptwo", "lpwrong"]
     assert all(
         d.startswith(("inspection: ", "atomic-replace: ")) for _p, _m, d in w.failed_events()
@@ -200,6 +207,9 @@ async def test_crash_after_load_quarantines_in_the_next_boot(tmp_path: Path) -> 
     assert w.module("lpb__vmlinux").status is ModuleStatus.QUARANTINED
     assert "went down after it was applied" in w.module("lpb__vmlinux").error
     assert w.orch.reporter.snapshot().state == "degraded"
+    assert 'module="lpb__vmlinux",object="vmlinux",status="quarantined"} 1' in render_metrics(
+        w.orch.reporter.snapshot()
+    )
     assert [(p, m) for p, m, _d in w.failed_events()] == [("lpb", "lpb__vmlinux")]
     # it outlives a restart of klpd, until an operator enables the patch
     w.start("boot-2")
