@@ -68,10 +68,8 @@ class Orchestrator:
         inspector: ModuleInspector | None = None,
         bootguard: BootGuard | None = None,
     ) -> None:
-        """``inspector`` reads each module file before it is loaded (refusals);
-        ``bootguard`` quarantines what was loaded right before the machine went down. The
-        daemon passes both (:func:`~klpd.service.screening.host_guards`); in-process tests
-        may leave them out."""
+        """``inspector`` and ``bootguard``: see :mod:`klpd.service.screening` (the daemon
+        passes both, from ``host_guards``; in-process tests may leave them out)."""
         release = config.kernel.read_release()
         self._own_port = SysfsPort(config.kernel, release, config.retry.modprobe_timeout)
         self._port: KernelPort = port or self._own_port
