@@ -58,10 +58,12 @@ def test_every_type_ignore_says_which_error_and_why() -> None:
 
 MAX_FILE_LINES = 400
 MAX_CLASS_LINES = 250
+MAX_LOOP_LINES = 200  # the orchestrator's loop: the work is in its pieces (issue 8)
 
 
 def test_product_files_and_classes_stay_readable() -> None:
-    """A reader knows their room: no product file over 400 lines, no class over 250."""
+    """A reader knows their room: no product file over 400 lines, no class over 250, the
+    orchestrator's loop at most 200."""
     import ast
 
     too_big: list[str] = []
@@ -73,6 +75,7 @@ def test_product_files_and_classes_stay_readable() -> None:
         for node in ast.walk(ast.parse(text)):
             if not isinstance(node, ast.ClassDef) or node.end_lineno is None:
                 continue
-            if (size := node.end_lineno - node.lineno + 1) > MAX_CLASS_LINES:
-                too_big.append(f"{name}: class {node.name}: {size} lines")
+            limit = MAX_LOOP_LINES if node.name == "Orchestrator" else MAX_CLASS_LINES
+            if (size := node.end_lineno - node.lineno + 1) > limit:
+                too_big.append(f"{name}: class {node.name}: {size} lines (at most {limit})")
     assert not too_big, "\n".join(too_big)
