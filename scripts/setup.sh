@@ -14,7 +14,8 @@ DEMO_PACKAGES=(kmod dbus python3-venv)
 # python3-dev + gcc: systemd-python builds. util-linux: setpriv (run a client as another
 # uid). qemu-system-x86, linux-image-amd64, linux-headers-amd64, busybox-static, cpio, udev:
 # the real-kernel VM tests (tests/realkernel). mmdebstrap + debian-archive-keyring: the
-# Debian 13 build chroot (`make deb`) and guest (tests/system); e2fsprogs: mkfs.ext4 -d and
+# per-release build chroots of each kernel line (scripts/debian-chroot.sh), the Debian 13
+# build chroot (`make deb`) and guest (tests/system); e2fsprogs: mkfs.ext4 -d and
 # debugfs for the guest's disk.
 TEST_PACKAGES=(
   "${DEMO_PACKAGES[@]}"

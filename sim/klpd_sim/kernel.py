@@ -14,21 +14,16 @@ import asyncio
 import errno
 import logging
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from klpd_sim.modfile import ModFile
+from klpd_sim.profile import profile_for
 
 log = logging.getLogger(__name__)
 
 VMLINUX = "vmlinux"
 IDLE, UNPATCHED, PATCHED = -1, 0, 1  # KLP_TRANSITION_IDLE, _UNPATCHED, _PATCHED
-
-
-def release_version(release: str) -> tuple[int, int]:
-    m = re.match(r"(\d+)\.(\d+)", release)
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 @dataclass(slots=True)
@@ -56,7 +51,7 @@ class LivePatch:
     module: str
     objects: dict[str, LpObject]
     replace: bool
-    stack_order: int
+    output: str | None = None  # what its functions return (modinfo klpd_sim_output)
     enabled: bool = True
     forced: bool = False
     missing_func: bool = False  # names a function its object lacks
@@ -93,7 +88,8 @@ class Kernel:
         retry_s: float = 0.0,
     ) -> None:
         self.release = release
-        self.version = release_version(release)
+        self.profile = profile_for(release)
+        self.version = self.profile.version
         self.transition_s = transition_s
         self.fake_signal_s = fake_signal_s
         self.retry_s = retry_s
@@ -107,7 +103,6 @@ class Kernel:
         self.tasks: dict[int, Task] = {}
         self._seqnum = 0
         self._next_pid = 1000
-        self._stack_order = 0
 
     # --- modules ---------------------------------------------------------------------
 
@@ -130,18 +125,18 @@ class Kernel:
             self.modules[dep].refcnt += 1
             self.modules[dep].holders.add(mod.name)
         self._changed()
-        if self.version < (5, 11):
-            self._uevent("add", mod.name)  # older kernels: before init
+        if self.profile.add_uevent_before_init:
+            self._uevent("add", mod.name)  # before 5.11: before init
         err = self._klp_module_coming(mod) or self._run_init(mod, mf)
         if err:
             self._free_module(mod)
-            if self.version < (5, 11):
+            if self.profile.add_uevent_before_init:
                 self._uevent("remove", mod.name)  # its add went out before the init
             log.info("%s: init failed: %s", mod.name, errno.errorcode.get(err, err))
             return err
         mod.initstate = "live"
         self._changed()
-        if self.version >= (5, 11):
+        if not self.profile.add_uevent_before_init:
             self._uevent("add", mod.name)
         return 0
 
@@ -189,9 +184,12 @@ class Kernel:
         objects = {obj: LpObject(obj, list(mf.lp_funcs))}
         if mf.lp_replace:
             self._add_nops(objects)
-        self._stack_order += 1
         patch = LivePatch(
-            mod.name, objects, mf.lp_replace, self._stack_order, missing_func=mf.lp_missing_func
+            mod.name,
+            objects,
+            mf.lp_replace,
+            output=mf.get("klpd_sim_output") or None,
+            missing_func=mf.lp_missing_func,
         )
         if not self._tainted:
             log.warning("%s: tainting kernel with TAINT_LIVEPATCH", mod.name)
@@ -396,6 +394,26 @@ class Kernel:
         self._changed()
         self._schedule_completion()
 
+    def stack_order(self, name: str) -> int:
+        """``stack_order_show``: the patch's 1-based position in klp_patches, counted when
+        read (patches below it that go away move it down)."""
+        return list(self.patches).index(name) + 1
+
+    def live_version(self, obj: str, func: str) -> str | None:
+        """The patch whose version of ``func`` runs for a task that is not in transition:
+        the newest patch on the function's ftrace stack, ``None`` for the original (also
+        while an atomic-replace patch's no-op is on top). During a transition a task that
+        has not switched yet still runs the version below the patch in transition."""
+        for patch in reversed(self.patches.values()):
+            o = patch.objects.get(obj)
+            if o is None or not o.patched:
+                continue
+            if func in o.funcs:
+                return patch.module
+            if func in o.nop_funcs:
+                return None
+        return None
+
     # --- sysfs attribute writes --------------------------------------------------------
 
     def write_enabled(self, name: str, text: str) -> int:
@@ -430,7 +448,10 @@ class Kernel:
         # 6.1 prints "patched state" for unpatching transitions too
         log.warning("livepatch: forcing remaining tasks to the patched state")
         patch = self.patches[name]
-        if tr.target == UNPATCHED:
+        if self.profile.force_marks_every_patch:
+            for p in self.patches.values():
+                p.forced = True
+        elif tr.target == UNPATCHED:
             patch.forced = True
         elif patch.replace:
             for other in self.patches.values():

@@ -31,13 +31,13 @@ def render(kernel: Kernel) -> dict[str, Unit]:
             "transition": (f"{int(patch.module == transition)}\n", _RO),
             "force": ("", _WO),
         }
-        if kernel.version >= (6, 11):
+        if kernel.profile.replace_attr:
             files["replace"] = (f"{int(patch.replace)}\n", _RO)
-        if kernel.version >= (6, 14):
-            files["stack_order"] = (f"{patch.stack_order}\n", _RO)
+        if kernel.profile.stack_order_attr:
+            files["stack_order"] = (f"{kernel.stack_order(patch.module)}\n", _RO)
         dirs: set[str] = set()
         for o in patch.objects.values():
-            if kernel.version >= (6, 1):
+            if kernel.profile.object_patched_attr:
                 files[f"{o.name}/patched"] = (f"{int(o.patched)}\n", _RO)
             dirs.add(o.name)
             dirs.update(f"{o.name}/{f},1" for f in [*o.funcs, *o.nop_funcs])
@@ -86,8 +86,24 @@ def snapshot(kernel: Kernel) -> dict[str, Any]:
             for p in kernel.patches.values()
         },
         "transition": None if tr is None else {"patch": tr.patch, "target": tr.target},
+        "functions": _functions(kernel),
         "tasks": [
             {"pid": t.pid, "comm": t.comm, "obj": t.obj, "patch_state": t.patch_state}
             for t in kernel.tasks.values()
         ],
     }
+
+
+def _functions(kernel: Kernel) -> dict[str, dict[str, str | None]]:
+    """Every function some patch patches, ``obj:func`` -> which patch's version runs (for a
+    task not in transition) and what it returns (``None``: the original)."""
+    out: dict[str, dict[str, str | None]] = {}
+    for p in kernel.patches.values():
+        for o in p.objects.values():
+            for f in [*o.funcs, *o.nop_funcs]:
+                live = kernel.live_version(o.name, f)
+                out[f"{o.name}:{f}"] = {
+                    "patch": live,
+                    "output": kernel.patches[live].output if live else None,
+                }
+    return out

@@ -161,6 +161,12 @@ def realkernel_spec(release: str = DEFAULT_RELEASE) -> Spec:
             klpd_sim_missing_func="Y",
         ),
     }
+    # What the patched functions return, as the C modules do: /proc/cmdline reads
+    # "<patch>-vmlinux", /proc/klpd_target reads "<patch>".
+    for name, info in modules.items():
+        patch, _, obj = name.rpartition("__")
+        if patch:
+            info["klpd_sim_output"] = f"{patch}-vmlinux" if obj == "vmlinux" else patch
     return Spec(release=release, modules=modules)
 
 

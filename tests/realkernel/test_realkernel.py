@@ -1,25 +1,31 @@
-"""Split livepatch modules on Debian's real 6.1 kernel, in qemu (TCG), one boot per session.
+"""Split livepatch modules on Debian's real kernels, in qemu (TCG): every kernel line of
+tests/realkernel/lines.py (5.10, 6.1, 6.12, the newest), one boot per line.
 
-The session fixture builds the test modules (tests/realkernel/build.sh), boots the VM once and
-runs every guest scenario in that boot; the tests only read the recorded trace. A missing qemu,
-kernel image or headers is an error, never a skip: these tests are the ground truth the
-simulated kernel is checked against.
+The session fixture prepares each line (its release's chroot, kernel image and test modules,
+cached under build/) and boots it once, running every guest scenario in that boot; two lines
+run at a time. The tests only read the recorded traces, and the traces are written to
+build/realkernel/traces/<line>.json for the simulated kernel's replay in the same session
+(tests/sim/test_replay.py). A missing qemu, image or package is an error, never a skip: these
+tests are the ground truth the simulated kernel is checked against.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-# Boot + scenarios take ~2 min under TCG; the first test pays for the session fixture.
-pytestmark = [pytest.mark.realkernel, pytest.mark.timeout(1800)]
+# Per line: boot + scenarios take 4-8 min under TCG; the first test pays for the session.
+pytestmark = [pytest.mark.realkernel, pytest.mark.timeout(3600)]
 
 HERE = Path(__file__).resolve().parent
 REALKERNEL = HERE
@@ -27,6 +33,8 @@ KERNEL_FACTS = REALKERNEL / "scenarios" / "kernel_facts.sh"
 KLPD_BASIC = REALKERNEL / "scenarios" / "klpd_basic.sh"
 KLPD_FAILURES = REALKERNEL / "scenarios" / "klpd_failures.sh"
 KLPD_MORE = REALKERNEL / "scenarios" / "klpd_more.sh"
+# kernel_facts last: its forced unpatching leaves lpstall__klpd_target unremovable.
+SCENARIOS = [KLPD_BASIC, KLPD_FAILURES, KLPD_MORE, KERNEL_FACTS]
 
 
 def _load_vm() -> ModuleType:
@@ -43,23 +51,66 @@ vm = _load_vm()
 Trace = dict[str, Any]
 Step = dict[str, Any]
 
+# KLPD_LINES="6.1 7.x" narrows a developer's run; `make test` runs every line.
+LINE_NAMES = os.environ.get("KLPD_LINES", " ".join(x.name for x in vm.LINES)).split()
+TRACES_DIR = REALKERNEL.parent.parent / "build" / "realkernel" / "traces"
 
-@pytest.fixture(scope="session")
-def trace(tmp_path_factory: pytest.TempPathFactory) -> Trace:
-    keep = os.environ.get("KLPD_REALKERNEL_RESULTS")
-    results = Path(keep) if keep else tmp_path_factory.mktemp("realkernel")
-    build = vm.build_modules()  # HarnessError (an error, not a skip) when tools are missing
-    # kernel_facts last: its forced unpatching leaves lpstall__klpd_target unremovable.
-    scenarios = [KLPD_BASIC, KLPD_FAILURES, KLPD_MORE, KERNEL_FACTS]
-    run = vm.run_guest(scenarios, build=build, results_dir=results, timeout=1500)
+
+def _run_line(name: str, results: Path, session: str) -> Trace:
+    build = vm.prepare(vm.BY_NAME[name])
+    t0 = time.monotonic()
+    run = vm.run_guest(SCENARIOS, build=build, results_dir=results, timeout=3000)
     result: Trace = vm.read_trace(run)
+    result["line"] = name
+    result["accel"] = f"-accel {build.line.accel} -smp {build.line.smp}"
+    result["guest_seconds"] = round(time.monotonic() - t0, 1)
+    result["session"] = session
+    TRACES_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = TRACES_DIR / f"{name}.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(TRACES_DIR / f"{name}.json")
     result["console"] = run.console  # for the failure message of a scenario that left no steps
     return result
 
 
+@pytest.fixture(scope="session")
+def line_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Trace | Exception]:
+    """Every line prepared and booted once, two at a time (each guest is one TCG thread)."""
+    keep = os.environ.get("KLPD_REALKERNEL_RESULTS")
+    base = Path(keep) if keep else tmp_path_factory.mktemp("realkernel")
+    session = os.environ.get("KLPD_SESSION", str(os.getpid()))
+    workers = int(os.environ.get("KLPD_REALKERNEL_PARALLEL", "2"))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {n: pool.submit(_run_line, n, base / n, session) for n in LINE_NAMES}
+    out: dict[str, Trace | Exception] = {}
+    for name, fut in futures.items():
+        err = fut.exception()
+        out[name] = err if isinstance(err, Exception) else fut.result()
+    return out
+
+
+@pytest.fixture(scope="session", params=LINE_NAMES)
+def line(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def trace(line: str, line_runs: dict[str, Trace | Exception]) -> Trace:
+    got = line_runs[line]
+    if isinstance(got, Exception):
+        raise got  # this line's image, build or boot failed: its tests fail, loudly
+    return got
+
+
+def kernel_version(trace: Trace) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)\.", trace["kernel"])
+    assert m, trace["kernel"]
+    return int(m.group(1)), int(m.group(2))
+
+
 def _steps(trace: Trace, name: str) -> dict[str, Step]:
     """A scenario's steps by name. One that left no steps fails with what the guest
-    printed; one that exited non-zero fails with its log."""
+    printed; one that exited non-zero (a `must` step failed) fails with its log."""
     if name not in trace["scenarios"]:
         console = trace.get("console", "")
         raise AssertionError(f"scenario {name} recorded no steps; guest console:\n{console}")
@@ -107,16 +158,17 @@ def test_prerequisites_present() -> None:
     """Fails (not skips) on a machine without what the real-kernel tests need."""
     import shutil
 
-    for tool in ("qemu-system-x86_64", "cpio", "depmod", "make"):
+    for tool in ("qemu-system-x86_64", "cpio", "depmod", "mmdebstrap", "dpkg-deb", "chroot"):
         assert shutil.which(tool), f"{tool} missing: run scripts/setup.sh"
-    assert list(Path("/boot").glob("vmlinuz-*-amd64")), "linux-image-amd64 missing"
     assert Path("/bin/busybox").exists(), "busybox-static missing"
 
 
-def test_guest_runs_debian_kernel(trace: Trace) -> None:
-    assert re.fullmatch(r"\d+\.\d+\.\d+-\d+-amd64", trace["kernel"])
+def test_guest_runs_the_lines_debian_kernel(line: str, trace: Trace) -> None:
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*-amd64", trace["kernel"]), trace["kernel"]
+    prefix = line.removesuffix("x")
+    assert trace["kernel"].startswith(prefix if prefix.endswith(".") else prefix + "."), line
     assert trace["boot_seconds"] is not None
-    assert trace["boot_seconds"] < 120
+    assert trace["boot_seconds"] < 300
 
 
 def test_every_step_recorded(facts: dict[str, Step]) -> None:
@@ -124,20 +176,50 @@ def test_every_step_recorded(facts: dict[str, Step]) -> None:
     assert "forceun.other.rmmod" in facts  # the last step: the scenario ran to its end
 
 
-# ---- sysfs as 6.1 shows it ------------------------------------------------------------------
+# ---- sysfs as each line shows it -----------------------------------------------------------
 
 
-def test_sysfs_layout_6_1(facts: dict[str, Step]) -> None:
+def patch_attrs(version: tuple[int, int]) -> set[str]:
+    """A patch directory's attributes: `replace` since 6.11, `stack_order` since 6.13."""
+    attrs = {"enabled", "transition", "force"}
+    if version >= (6, 11):
+        attrs.add("replace")
+    if version >= (6, 13):
+        attrs.add("stack_order")
+    return attrs
+
+
+def obj_entry(version: tuple[int, int], funcs: list[str], patched: str) -> dict[str, Any]:
+    """An object directory: its function directories, `patched` since 6.0."""
+    return {"funcs": funcs, "patched": patched} if version >= (6, 0) else {"funcs": funcs}
+
+
+def test_sysfs_layout(trace: Trace, facts: dict[str, Step]) -> None:
+    v = kernel_version(trace)
     tree = facts["lpa.target.value"]["livepatch"]
     assert set(tree) == {"lpa__vmlinux", "lpa__klpd_target"}
     vml = tree["lpa__vmlinux"]
+    assert {k for k in vml if k != "objects"} == patch_attrs(v)
     assert vml["enabled"] == "1" and vml["transition"] == "0"
-    assert "force" in vml and vml["force"] is None  # write-only
-    assert "replace" not in vml and "stack_order" not in vml  # 6.11+, 6.14+
-    assert vml["objects"] == {"vmlinux": {"funcs": ["cmdline_proc_show,1"], "patched": "1"}}
+    assert vml["force"] is None  # write-only
+    if v >= (6, 11):
+        assert vml["replace"] == "0"  # a split patch
+    if v >= (6, 13):
+        assert tree["lpa__vmlinux"]["stack_order"] == "1"  # the first patch
+        assert tree["lpa__klpd_target"]["stack_order"] == "2"
+    assert vml["objects"] == {"vmlinux": obj_entry(v, ["cmdline_proc_show,1"], "1")}
     assert tree["lpa__klpd_target"]["objects"] == {
-        "klpd_target": {"funcs": ["klpd_target_value,1"], "patched": "1"}
+        "klpd_target": obj_entry(v, ["klpd_target_value,1"], "1")
     }
+
+
+def test_replace_attribute_of_a_replace_patch(trace: Trace, facts: dict[str, Step]) -> None:
+    """6.11+ shows `replace` 1 for an atomic-replace patch, after the fact."""
+    v = kernel_version(trace)
+    rep = facts["rep.wait"]["livepatch"]["lprep__vmlinux"]
+    assert ("replace" in rep) == (v >= (6, 11))
+    if v >= (6, 11):
+        assert rep["replace"] == "1"
 
 
 def test_modinfo_fields(facts: dict[str, Step]) -> None:
@@ -191,11 +273,11 @@ def test_enabled_patch_module_cannot_be_removed(facts: dict[str, Step]) -> None:
 # ---- the target goes and comes ----------------------------------------------------------------
 
 
-def test_target_removable_under_its_patches(facts: dict[str, Step]) -> None:
+def test_target_removable_under_its_patches(trace: Trace, facts: dict[str, Step]) -> None:
     step = facts["target.rmmod_patched"]
     assert step["rc"] == 0
     obj = step["livepatch"]["lpb__klpd_target"]["objects"]["klpd_target"]
-    assert obj["patched"] == "0"
+    assert obj == obj_entry(kernel_version(trace), ["klpd_target_value,1"], "0")
     assert "reverting patch 'lpb__klpd_target' on unloading module 'klpd_target'" in dmesg(step)
 
 
@@ -205,13 +287,13 @@ def test_reloaded_target_is_patched_by_kernel(facts: dict[str, Step]) -> None:
     assert facts["target.reload.value"]["stdout"] == "lpb\n"
 
 
-def test_patch_before_target(facts: dict[str, Step]) -> None:
+def test_patch_before_target(trace: Trace, facts: dict[str, Step]) -> None:
     step = facts["lpa.target.load_without_target"]
     assert step["rc"] == 0
     # the transition runs although the object is absent
     assert step["livepatch"]["lpa__klpd_target"]["transition"] == "1"
     assert step["livepatch"]["lpa__klpd_target"]["objects"] == {
-        "klpd_target": {"funcs": ["klpd_target_value,1"], "patched": "0"}
+        "klpd_target": obj_entry(kernel_version(trace), ["klpd_target_value,1"], "0")
     }
     assert facts["target.load_after_patch.value"]["stdout"] == "lpa\n"
 
@@ -286,16 +368,29 @@ def test_fake_signal_ends_interruptible_stall(facts: dict[str, Step]) -> None:
     assert step["seconds"] > 10  # SIGNALS_TIMEOUT is 15 s
 
 
-def test_force_on_patching_keeps_module_removable_on_6_1(facts: dict[str, Step]) -> None:
+def test_force_on_patching(trace: Trace, facts: dict[str, Step]) -> None:
+    """Forcing a patching transition: since 5.18 only patches being removed are marked
+    forced, so this one stays removable; before (5.10) every patch is marked and its module
+    can never be removed."""
     assert "forcing remaining tasks to the patched state" in dmesg(facts["force.force"])
-    assert facts["force.rmmod"]["rc"] == 0
+    if kernel_version(trace) >= (5, 18):
+        assert facts["force.rmmod"]["rc"] == 0
+        assert "forceun.pinned_before" not in facts
+    else:
+        assert out(facts["force.rmmod"]) == "rmmod: ERROR: Module lpstall__klpd_target is in use"
+        assert "lpstall__klpd_target" in facts["forceun.pinned_before"]["stdout"]
 
 
-def test_force_on_unpatching_makes_module_unremovable(facts: dict[str, Step]) -> None:
-    assert "patch_state 1" in facts["forceun.task"]["stdout"]
-    assert "lpstall__klpd_target" not in patches(facts["forceun.wait"])
-    for name in ("forceun.rmmod", "forceun.rmmod_released"):
-        assert out(facts[name]) == "rmmod: ERROR: Module lpstall__klpd_target is in use"
+def test_force_on_unpatching_makes_module_unremovable(
+    trace: Trace, facts: dict[str, Step]
+) -> None:
+    if kernel_version(trace) < (5, 18):
+        assert "forceun.force" not in facts  # nothing left to show: pinned above
+    else:
+        assert "patch_state 1" in facts["forceun.task"]["stdout"]
+        assert "lpstall__klpd_target" not in patches(facts["forceun.wait"])
+        for name in ("forceun.rmmod", "forceun.rmmod_released"):
+            assert out(facts[name]) == "rmmod: ERROR: Module lpstall__klpd_target is in use"
     assert facts["forceun.other.rmmod"]["rc"] == 0  # only the forced patch stays
 
 
@@ -338,10 +433,20 @@ def test_klpd_startup_applies_newest_of_each_series(klpd_steps: dict[str, Step])
 
 
 def test_klpd_loads_patch_on_target_add(klpd_steps: dict[str, Step]) -> None:
+    """The target's init sleeps 1 s. klpd loads its patches only once init is done: before
+    5.11 the add uevent arrives while the module is still coming, and klpd waits for live."""
     assert klpd_steps["target.patched"]["rc"] == 0, out(klpd_steps["target.patched"])
     log = dmesg(klpd_steps["target.load"]) + "\n" + dmesg(klpd_steps["target.patched"])
-    assert log.index("klpd_target: init") < log.index("enabling patch 'lpa_v2__klpd_target'")
-    assert klpd_steps["target.value"]["stdout"] in ("lpa_v2\n", "lpb\n")
+    assert log.index("klpd_target: init done") < log.index("enabling patch 'lpa_v2__klpd_target'")
+    assert log.index("enabling patch 'lpa_v2__klpd_target'") < log.index(
+        "enabling patch 'lpb__klpd_target'"
+    )  # two patches of one object, one transition at a time
+    assert klpd_steps["target.value"]["stdout"] in ("lpa_v2\n", "lpb\n", "original\n")
+    assert _step_value(klpd_steps, "target.reload.value") == "lpb"  # the top of the stack
+
+
+def _step_value(steps: dict[str, Step], name: str) -> str:
+    return str(steps[name]["stdout"]).strip()
 
 
 def test_klpd_keep_policy_closes_the_window(klpd_steps: dict[str, Step]) -> None:
@@ -351,6 +456,44 @@ def test_klpd_keep_policy_closes_the_window(klpd_steps: dict[str, Step]) -> None
     applied = log.index("applying patch 'lpa_v2__klpd_target' to loading module 'klpd_target'")
     assert applied < log.index("klpd_target: init")
     assert klpd_steps["target.reload.value"]["stdout"] != "original\n"
+
+
+def test_klpd_remove_policy_unloads_and_reloads(klpd_steps: dict[str, Step]) -> None:
+    """on_object_removed = "remove": P__m goes with m; m's next load is patched again by klpd
+    after its add uevent (an unpatched window: the first read may still be original)."""
+    assert {"lpa_v2__klpd_target", "lpb__klpd_target"}.isdisjoint(
+        klpd_steps["remove.unloaded"]["modules"]
+    )
+    log = dmesg(klpd_steps["remove.reload"]) + dmesg(klpd_steps["remove.reload.value"])
+    assert "applying patch 'lpa_v2__klpd_target' to loading module" not in log
+    assert _step_value(klpd_steps, "remove.reload.value_patched") == "lpb"
+
+
+def test_klpd_softdep_through_real_kmod(klpd_steps: dict[str, Step]) -> None:
+    """[softdep] enabled: klpd writes `softdep klpd_target pre: ...`; the real modprobe loads
+    the P__m first, so the kernel patches klpd_target before its init: no unpatched window."""
+    text = klpd_steps["softdep.file"]["stdout"]
+    assert re.search(r"^softdep klpd_target pre: .*lpa_v2__klpd_target", text, re.M), text
+    assert "softdep klpd_target pre:" in klpd_steps["softdep.kmod"]["stdout"]
+    log = dmesg(klpd_steps["softdep.reload"])
+    applied = log.index("to loading module 'klpd_target'")
+    assert applied < log.index("klpd_target: init"), log
+    assert _step_value(klpd_steps, "softdep.reload.value") != "original"
+    # softdep off again: the file is gone
+    assert klpd_steps["softdep.off"]["rc"] == 0
+
+
+def test_klpd_waits_out_another_tools_stall(klpd_steps: dict[str, Step]) -> None:
+    """Another tool's patch (lpstall, not in klpd's catalog) stalls while klpd has a patch to
+    load: klpd reports the stall with its blocking task, never reverts it, and applies its own
+    patch once the other transition ends."""
+    assert "lpstall__klpd_target" in klpd_steps["busy.stays"]["stdout"]
+    blocking = klpd_steps["busy.blocking"]["stdout"]
+    assert "klpd_target_sleep" in blocking, blocking
+    other = klpd_steps["busy.applied"]["livepatch"]["lpstall__klpd_target"]
+    assert other["enabled"] == "1" and other["transition"] == "0"  # not reverted by klpd
+    assert "reverting stalled transition of lpstall" not in klpd_steps["busy.log"]["stdout"]
+    assert klpd_steps["busy.wait"]["rc"] == 0
 
 
 def test_klpctl_in_guest(klpd_steps: dict[str, Step]) -> None:
@@ -393,11 +536,13 @@ def test_klpd_degraded_exit_code(klpd_failure_steps: dict[str, Step]) -> None:
 # ---- uevents and names ----------------------------------------------------------------------
 
 
-def test_add_uevent_comes_after_init(facts: dict[str, Step]) -> None:
-    """klpd_target's init sleeps 1 s; the add uevent still finds initstate live (5.11+)."""
+def test_add_uevent_order(trace: Trace, facts: dict[str, Step]) -> None:
+    """klpd_target's init sleeps 1 s: since 5.11 the add uevent finds initstate live, before
+    it (5.10) the module is still coming."""
     step = facts["uevent.initstate"]
     assert step["rc"] == 0
-    assert step["stdout"].strip() == "initstate at add uevent: live"
+    state = "live" if kernel_version(trace) >= (5, 11) else "coming"
+    assert step["stdout"].strip() == f"initstate at add uevent: {state}"
 
 
 def test_livepatch_sysfs_emits_no_uevents(facts: dict[str, Step]) -> None:

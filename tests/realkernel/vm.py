@@ -19,6 +19,7 @@ Standard library only; usable as a script:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -37,27 +38,16 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-DEFAULT_BUILD_DIR = REPO / "build" / "realkernel"
+sys.path.insert(0, str(HERE))
+from lines import BY_NAME, LINES, Build, HarnessError, prepare  # noqa: E402
+
+__all__ = ["BY_NAME", "LINES", "Build", "HarnessError", "prepare"]
 GUEST_DIR = HERE / "guest"
 SCENARIO_DIR = HERE / "scenarios"
 
 # Loaded in the initramfs, dependencies first (resolved from modules.dep).
 INITRAMFS_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
 RESULTS_IN_GUEST = "/klpd-results"
-
-
-class HarnessError(RuntimeError):
-    """The VM could not be built, booted or did not finish."""
-
-
-@dataclass(frozen=True)
-class Build:
-    kver: str
-    ko_dir: Path
-
-    @property
-    def kernel(self) -> Path:
-        return Path("/boot") / f"vmlinuz-{self.kver}"
 
 
 @dataclass
@@ -81,31 +71,22 @@ def _run(argv: list[str], *, capture_output: bool = False) -> subprocess.Complet
     )
 
 
-def build_modules(build_dir: Path = DEFAULT_BUILD_DIR) -> Build:
-    """Run build.sh (idempotent) and return the kernel version and .ko directory."""
-    proc = _run(["sh", str(HERE / "build.sh"), str(build_dir)], capture_output=True)
-    if proc.returncode != 0:
-        raise HarnessError(f"build.sh failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
-    last = proc.stdout.strip().splitlines()[-1]
-    fields = dict(item.split("=", 1) for item in last.split())
-    build = Build(kver=fields["KLPD_KVER"], ko_dir=Path(fields["KLPD_KO_DIR"]))
-    if not build.kernel.exists():
-        raise HarnessError(f"kernel image {build.kernel} is missing")
-    return build
-
-
-def initramfs_module_paths(kver: str, names: tuple[str, ...] = INITRAMFS_MODULES) -> list[Path]:
-    """The .ko files for names and their dependencies, in load order."""
-    moddir = Path("/lib/modules") / kver
+def initramfs_module_paths(
+    build: Build, index: Path, names: tuple[str, ...] = INITRAMFS_MODULES
+) -> list[Path]:
+    """The .ko files for names and their dependencies, in load order, resolved from the
+    depmod index of the line's image. A module neither built in nor in modules.dep fails
+    the line: its image cannot boot this harness."""
     deps: dict[str, list[str]] = {}
-    for line in (moddir / "modules.dep").read_text().splitlines():
+    for line in (index / "modules.dep").read_text().splitlines():
         target, _, rest = line.partition(":")
         deps[target] = rest.split()
-    by_name = {Path(p).name.split(".ko")[0].replace("-", "_"): p for p in deps}
-    builtin = {
-        Path(p).name.split(".ko")[0].replace("-", "_")
-        for p in (moddir / "modules.builtin").read_text().split()
-    }
+
+    def base(p: str) -> str:
+        return Path(p).name.split(".ko")[0].replace("-", "_")
+
+    by_name = {base(p): p for p in deps}
+    builtin = {base(p) for p in (build.moddir / "modules.builtin").read_text().split()}
     order: list[str] = []
 
     def visit(path: str) -> None:
@@ -118,9 +99,25 @@ def initramfs_module_paths(kver: str, names: tuple[str, ...] = INITRAMFS_MODULES
         if name in builtin:
             continue
         if name not in by_name:
-            raise HarnessError(f"module {name} not found in {moddir}/modules.dep")
+            raise HarnessError(
+                f"{build.line.name}: module {name} is neither built into {build.kver} "
+                "nor in its modules.dep"
+            )
         visit(by_name[name])
-    return [moddir / p for p in order]
+    return [build.moddir / p for p in order]
+
+
+def _copy_uncompressed(ko: Path, dest: Path) -> None:
+    """busybox insmod reads plain .ko files; Debian's newer images ship .ko.xz/.ko.zst."""
+    if ko.name.endswith(".ko"):
+        shutil.copy2(ko, dest)
+        return
+    tool = {".xz": ["xz", "-dc"], ".zst": ["zstd", "-dcq"], ".gz": ["gzip", "-dc"]}.get(ko.suffix)
+    if tool is None:
+        raise HarnessError(f"cannot decompress {ko}")
+    with dest.open("wb") as f:
+        if subprocess.run([*tool, str(ko)], stdout=f, check=False).returncode != 0:
+            raise HarnessError(f"{tool[0]} failed on {ko}")
 
 
 INIT_SCRIPT = """#!/bin/busybox sh
@@ -149,7 +146,7 @@ exec switch_root /newroot /bin/sh {results}/boot.sh
 """
 
 
-def build_initramfs(kver: str, out: Path) -> Path:
+def build_initramfs(build: Build, index: Path, out: Path) -> Path:
     """A newc cpio with static busybox, /init and the 9p/overlay modules."""
     busybox = Path("/bin/busybox")
     if not busybox.exists():
@@ -164,8 +161,9 @@ def build_initramfs(kver: str, out: Path) -> Path:
         init = root / "init"
         init.write_text(INIT_SCRIPT.replace("{results}", RESULTS_IN_GUEST))
         init.chmod(0o755)
-        for i, ko in enumerate(initramfs_module_paths(kver)):
-            shutil.copy2(ko, root / "modules" / f"{i:02d}-{ko.name}")
+        for i, ko in enumerate(initramfs_module_paths(build, index)):
+            name = ko.name.split(".ko")[0] + ".ko"
+            _copy_uncompressed(ko, root / "modules" / f"{i:02d}-{name}")
         files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
         with out.open("wb") as f:
             proc = subprocess.run(
@@ -187,7 +185,7 @@ def host_depmod(build: Build, out: Path) -> Path:
     over a tree of symlinks to the same files, it takes about a second and
     yields the same indexes (paths in them are relative to /lib/modules/<ver>).
     """
-    src = Path("/lib/modules") / build.kver
+    src = build.moddir
     base = out / "base"
     moddir = base / "lib" / "modules" / build.kver
     if base.exists():
@@ -216,15 +214,15 @@ def host_depmod(build: Build, out: Path) -> Path:
     return index
 
 
-def qemu_argv(build: Build, initrd: Path, results_dir: Path, *, smp: int, mem_mb: int) -> list[str]:
+def qemu_argv(build: Build, initrd: Path, results_dir: Path, *, mem_mb: int) -> list[str]:
     return [
         "qemu-system-x86_64",
         "-accel",
-        "tcg",
+        build.line.accel,
         "-cpu",
         "max",
         "-smp",
-        str(smp),
+        str(build.line.smp),
         "-m",
         str(mem_mb),
         "-nographic",
@@ -247,10 +245,9 @@ def qemu_argv(build: Build, initrd: Path, results_dir: Path, *, smp: int, mem_mb
 def run_guest(
     scenarios: list[Path],
     *,
-    build: Build | None = None,
+    build: Build,
     results_dir: Path | None = None,
     timeout: float = 1200.0,
-    smp: int = 2,
     mem_mb: int = 1024,
     extra_env: dict[str, str] | None = None,
     echo_console: bool = False,
@@ -264,11 +261,11 @@ def run_guest(
     ``-no-reboot`` make qemu exit) is returned instead of raising."""
     if shutil.which("qemu-system-x86_64") is None:
         raise HarnessError("qemu-system-x86_64 missing (apt-get install qemu-system-x86)")
-    build = build or build_modules()
     results_dir = results_dir or Path(tempfile.mkdtemp(prefix="klpd-vm-"))
     results_dir.mkdir(parents=True, exist_ok=True)
-    initrd = build_initramfs(build.kver, results_dir / "initramfs.cpio")
-    host_depmod(build, results_dir)
+    # depmod's index of the image's modules first: the initramfs resolves from it.
+    index = host_depmod(build, results_dir)
+    initrd = build_initramfs(build, index, results_dir / "initramfs.cpio")
     # The guest mounts tmpfs on /tmp: give it the scenarios from the results share.
     guest_scenarios = []
     (results_dir / "scenarios").mkdir(exist_ok=True)
@@ -281,6 +278,7 @@ def run_guest(
     env = {
         "KLPD_KVER": build.kver,
         "KLPD_KO_DIR": str(build.ko_dir),
+        "KLPD_KMOD_DIR": str(build.moddir),
         "KLPD_SCENARIOS": " ".join(guest_scenarios),
         "KLPD_RESULTS": RESULTS_IN_GUEST,
         "KLPD_LIB": str(GUEST_DIR / "lib.sh"),
@@ -290,7 +288,7 @@ def run_guest(
     boot_sh = "".join(f"export {k}='{v}'\n" for k, v in env.items())
     (results_dir / "boot.sh").write_text(f"{boot_sh}exec /bin/sh {GUEST_DIR / 'pid1.sh'}\n")
 
-    argv = [*qemu_argv(build, initrd, results_dir, smp=smp, mem_mb=mem_mb), *extra_qemu_args]
+    argv = [*qemu_argv(build, initrd, results_dir, mem_mb=mem_mb), *extra_qemu_args]
     (results_dir / "qemu.argv").write_text(json.dumps(argv))
     start = time.monotonic()
     markers: dict[str, float] = {}
@@ -539,7 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--from-results", type=Path, help="read a finished run's results directory, do not boot"
     )
-    ap.add_argument("--smp", type=int, default=2)
+    ap.add_argument("--line", default="6.1", choices=list(BY_NAME), help="kernel line")
+    ap.add_argument("--smp", type=int, help="vCPUs (default: the line's)")
+    ap.add_argument("--accel", help="qemu -accel value (default: the line's)")
     ap.add_argument("--timeout", type=float, default=1200.0)
     ap.add_argument("--quiet", action="store_true", help="do not echo the guest console")
     args = ap.parse_args(argv)
@@ -547,17 +547,21 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     scenarios = args.scenario or [SCENARIO_DIR / "kernel_facts.sh"]
     try:
-        run = (
-            load_run(args.from_results)
-            if args.from_results
-            else run_guest(
+        if args.from_results:
+            run = load_run(args.from_results)
+        else:
+            line = BY_NAME[args.line]
+            line = dataclasses.replace(
+                line, smp=args.smp or line.smp, accel=args.accel or line.accel
+            )
+            build = dataclasses.replace(prepare(line), line=line)
+            run = run_guest(
                 scenarios,
+                build=build,
                 results_dir=args.results_dir,
                 timeout=args.timeout,
-                smp=args.smp,
                 echo_console=not args.quiet,
             )
-        )
     except HarnessError as e:
         print(f"vm.py: {e}", file=sys.stderr)
         return 1

@@ -76,6 +76,23 @@ step() {
 	return $rc
 }
 
+# must NAME CMD [ARG...]: a step that has to succeed. A failure is recorded like any step
+# and makes the scenario's exit status (finish) non-zero; the scenario goes on, so the
+# steps after it are still recorded.
+klpd_failed=""
+must() {
+	step "$@" || klpd_failed="$klpd_failed $1"
+}
+
+# finish: the scenario's last line. Exits 1, naming them, if any `must` step failed.
+finish() {
+	if [ -n "$klpd_failed" ]; then
+		echo "failed steps:$klpd_failed"
+		exit 1
+	fi
+	exit 0
+}
+
 # sysfs_write VALUE PATH: echo VALUE > PATH, as a command step can run.
 # coreutils echo, not the shell's: dash reports every failed write as
 # "I/O error", /bin/echo prints strerror(errno).

@@ -3,6 +3,7 @@
 # Started by /klpd-results/boot.sh (written by vm.py), which exports:
 #   KLPD_KVER       kernel version (the guest runs it)
 #   KLPD_KO_DIR     host directory with the built test .ko files
+#   KLPD_KMOD_DIR   host directory with the kernel image's lib/modules/<ver> (extracted .deb)
 #   KLPD_SCENARIOS  space-separated absolute paths of scenario scripts
 #   KLPD_RESULTS    /klpd-results, the host's writable results directory
 #   KLPD_LIB        absolute path of lib.sh
@@ -28,6 +29,12 @@ read -r up _ </proc/uptime
 echo "KLPD-GUEST-UP $up"
 echo "$up" >"$KLPD_RESULTS/guest-up"
 
+# The image's modules, seen through the 9p root, where modprobe looks for them (the host
+# does not run this kernel: its /lib/modules/<ver> is absent, or is another build of it).
+mkdir -p "/lib/modules/$KLPD_KVER"
+for e in "$KLPD_KMOD_DIR"/*; do
+	[ -e "/lib/modules/$KLPD_KVER/${e##*/}" ] || ln -s "$e" "/lib/modules/$KLPD_KVER/${e##*/}"
+done
 # The test modules go where modprobe finds them, as a package would put them.
 mkdir -p "/lib/modules/$KLPD_KVER/extra"
 cp "$KLPD_KO_DIR"/*.ko "/lib/modules/$KLPD_KVER/extra/"

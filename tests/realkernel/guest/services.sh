@@ -87,3 +87,14 @@ wait_gone() {
 		sleep 0.05
 	done
 }
+
+# wait_log_count TIMEOUT_S FILE TEXT N: until TEXT occurs on more than N lines of FILE.
+wait_log_count() {
+	w_i=0
+	while [ "$(grep -c -- "$3" "$2" 2>/dev/null)" -le "$4" ]; do
+		w_i=$((w_i + 1))
+		[ $((w_i / 20)) -gt "$1" ] && { echo "timeout"; return 1; }
+		sleep 0.05
+	done
+	grep -- "$3" "$2" | tail -n 1
+}

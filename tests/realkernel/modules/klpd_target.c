@@ -129,6 +129,8 @@ static int __init klpd_target_init(void)
 		remove_proc_entry("klpd_target", NULL);
 		return -ENOMEM;
 	}
+	/* initstate becomes "live" right after: a loader that waits for it logs after this. */
+	pr_info("klpd_target: init done\n");
 	return 0;
 }
 

@@ -9,25 +9,25 @@
 klpctl() { "$KLPD_REPO/.venv/bin/klpctl" "$@"; }
 
 step reset reset_livepatches
-step services.dbus start_dbus
-step services.udevd start_udevd
-step target.load modprobe klpd_target
+must services.dbus start_dbus
+must services.udevd start_udevd
+must target.load modprobe klpd_target
 sh -c 'echo sleep > /proc/klpd_target_sleep' &
 sleeper=$!
-step sleeper wait_sleepers 1
-step config write_klpd_config /run/klpd-failures.toml \
+must sleeper wait_sleepers 1
+must config write_klpd_config /run/klpd-failures.toml \
 	'[patches]' 'desired = ["lpstall", "lpbad"]' \
 	'[transition]' 'stall_timeout = 5.0' 'on_stall = "revert"'
 start_klpd /run/klpd-failures.toml "$KLPD_OUT/klpd.log"
-step klpd.mains wait_patches 180 lpstall__vmlinux lpbad__vmlinux
+must klpd.mains wait_patches 180 lpstall__vmlinux lpbad__vmlinux
 # lpstall__klpd_target is loaded, stalls, is reverted by klpd after stall_timeout.
-step klpd.stall.seen wait_stall_seen 60
-step klpd.blocking klpctl blocking
-step klpd.reverted wait_reverted 60
-step klpd.settle sleep 5
+must klpd.stall.seen wait_stall_seen 60
+must klpd.blocking klpctl blocking
+must klpd.reverted wait_reverted 60
+must klpd.settle wait_gone 60 lpstall__klpd_target
 step status klpctl --json status
 step status.exit klpctl status
-step wake sysfs_write wake /proc/klpd_target_sleep
+must wake sysfs_write wake /proc/klpd_target_sleep
 wait "$sleeper"
-step stop stop_klpd
-exit 0
+must stop stop_klpd
+finish

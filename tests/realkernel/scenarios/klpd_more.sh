@@ -8,7 +8,7 @@
 # 4. an atomic-replace module (lprep__vmlinux) loaded by hand behind klpd's back: klpd
 #    notices the wiped patches, takes lprep away and restores them.
 # lpb (same functions) is excluded so the top of the stack is always lpa or lpa_v2.
-# Two klpd starts in all.
+# Two klpd starts in all. Every `must` step has to succeed (the scenario's exit status).
 . "$KLPD_LIB"
 . "$(dirname "$KLPD_LIB")/services.sh"
 
@@ -47,17 +47,6 @@ stop_sampler() {
 	uniq -c "$SAMPLES"
 }
 
-# wait_log_count TIMEOUT_S FILE TEXT N: until TEXT occurs on more than N lines of FILE.
-wait_log_count() {
-	w_i=0
-	while [ "$(grep -c -- "$3" "$2" 2>/dev/null)" -le "$4" ]; do
-		w_i=$((w_i + 1))
-		[ $((w_i / 20)) -gt "$1" ] && { echo "timeout"; return 1; }
-		sleep 0.05
-	done
-	grep -- "$3" "$2" | tail -n 1
-}
-
 kill_klpd() {
 	kill -KILL "$klpd_pid"
 	wait "$klpd_pid"
@@ -65,64 +54,64 @@ kill_klpd() {
 }
 
 step reset reset_livepatches
-step services.dbus start_dbus
-step services.udevd start_udevd
-step target.load modprobe klpd_target
+must services.dbus start_dbus
+must services.udevd start_udevd
+must target.load modprobe klpd_target
 
 # ---- 1. upgrade v1 -> v2 on SIGHUP, sampled -----------------------------------------------
-step v1.config config_pinned
+must v1.config config_pinned
 start_klpd "$CFG" "$LOG1"
-step v1.applied wait_patches 180 lpa__vmlinux lpa__klpd_target
-step v1.wait klpctl wait --timeout 120
-step v1.value read_value
-step v1.cmdline read_cmdline
+must v1.applied wait_patches 180 lpa__vmlinux lpa__klpd_target
+must v1.wait klpctl wait --timeout 120
+must v1.value read_value
+must v1.cmdline read_cmdline
 sampler "$SAMPLES" &
 sampler_pid=$!
-step upgrade.config config_newest
-step upgrade.hup kill -HUP "$klpd_pid"
-step upgrade.applied wait_patches 120 lpa_v2__vmlinux lpa_v2__klpd_target
-step upgrade.retired wait_gone 60 lpa__vmlinux lpa__klpd_target
-step upgrade.wait klpctl wait --timeout 120
-step upgrade.samples stop_sampler
-step upgrade.value read_value
-step upgrade.cmdline read_cmdline
+must upgrade.config config_newest
+must upgrade.hup kill -HUP "$klpd_pid"
+must upgrade.applied wait_patches 120 lpa_v2__vmlinux lpa_v2__klpd_target
+must upgrade.retired wait_gone 60 lpa__vmlinux lpa__klpd_target
+must upgrade.wait klpctl wait --timeout 120
+must upgrade.samples stop_sampler
+must upgrade.value read_value
+must upgrade.cmdline read_cmdline
 
 # ---- 2. downgrade, then the upgrade again with klpd SIGKILLed mid-way -------------------------
-step downgrade.config config_pinned
-step downgrade.hup kill -HUP "$klpd_pid"
-step downgrade.applied wait_patches 120 lpa__vmlinux lpa__klpd_target
-step downgrade.retired wait_gone 60 lpa_v2__vmlinux lpa_v2__klpd_target
-step downgrade.wait klpctl wait --timeout 120
-step downgrade.value read_value
+must downgrade.config config_pinned
+must downgrade.hup kill -HUP "$klpd_pid"
+must downgrade.applied wait_patches 120 lpa__vmlinux lpa__klpd_target
+must downgrade.retired wait_gone 60 lpa_v2__vmlinux lpa_v2__klpd_target
+must downgrade.wait klpctl wait --timeout 120
+must downgrade.value read_value
 loads=$(grep -c -- 'load lpa_v2__vmlinux' "$LOG1")
-step kill.config config_newest
-step kill.hup kill -HUP "$klpd_pid"
-step kill.first_load wait_log_count 60 "$LOG1" 'load lpa_v2__vmlinux' "$loads"
-step kill.sigkill kill_klpd
-step kill.after sleep 2
+must kill.config config_newest
+must kill.hup kill -HUP "$klpd_pid"
+must kill.first_load wait_log_count 60 "$LOG1" 'load lpa_v2__vmlinux' "$loads"
+must kill.sigkill kill_klpd
+must kill.after wait_transitions 60
 start_klpd "$CFG" "$LOG2"
-step restart.applied wait_patches 180 lpa_v2__vmlinux lpa_v2__klpd_target
-step restart.retired wait_gone 60 lpa__vmlinux lpa__klpd_target
-step restart.wait klpctl wait --timeout 120
-step restart.value read_value
-step restart.cmdline read_cmdline
+must restart.applied wait_patches 180 lpa_v2__vmlinux lpa_v2__klpd_target
+must restart.retired wait_gone 60 lpa__vmlinux lpa__klpd_target
+must restart.wait klpctl wait --timeout 120
+must restart.value read_value
+must restart.cmdline read_cmdline
 
 # ---- 3. what D-Bus and klpctl say, against sysfs ----------------------------------------------
-step dbus.state busctl --system get-property io.github.Klpd1 /io/github/Klpd1 \
+must dbus.state busctl --system get-property io.github.Klpd1 /io/github/Klpd1 \
 	io.github.Klpd1.Manager State
-step dbus.introspect busctl --system introspect io.github.Klpd1 /io/github/Klpd1
-step dbus.status klpctl status --json
+must dbus.introspect busctl --system introspect io.github.Klpd1 /io/github/Klpd1
+must dbus.status klpctl status --json
 
 # ---- 4. an atomic-replace patch loaded behind klpd's back -------------------------------------
-step rep.load modprobe lprep__vmlinux
-step rep.noticed wait_log_count 60 "$LOG2" 'replaced by an atomic-replace' 0
-step rep.gone wait_gone 120 lprep__vmlinux
-step rep.restored wait_patches 120 lpa_v2__vmlinux lpa_v2__klpd_target
-step rep.wait klpctl wait --timeout 120
-step rep.value read_value
-step rep.cmdline read_cmdline
-step rep.status klpctl status --json
-step stop stop_klpd
-step log.first cat "$LOG1"
-step log.second cat "$LOG2"
-exit 0
+must rep.load modprobe lprep__vmlinux
+must rep.noticed wait_log_count 60 "$LOG2" 'replaced by an atomic-replace' 0
+must rep.gone wait_gone 120 lprep__vmlinux
+must rep.restored wait_patches 120 lpa_v2__vmlinux lpa_v2__klpd_target
+must rep.wait klpctl wait --timeout 120
+must rep.value read_value
+must rep.cmdline read_cmdline
+must rep.status klpctl status --json
+must stop stop_klpd
+must log.first cat "$LOG1"
+must log.second cat "$LOG2"
+finish
