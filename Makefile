@@ -40,6 +40,7 @@ bench: setup
 	$(PY) bench/dbus_describe.py
 	$(PY) bench/unpatched_window.py
 	$(PY) bench/inspect_modules.py
+	$(PY) bench/boot_converge.py
 
 install: setup
 	./scripts/install.sh

@@ -107,11 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=5, help="loads per mode (keep/softdep: 2)")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     ap.add_argument("--results-dir", type=Path)
+    ap.add_argument("--line", default="6.1", help="kernel line (tests/realkernel/lines.py)")
     args = ap.parse_args(argv)
     vm = _load_vm()
     try:
         run = vm.run_guest(
             [SCENARIO],
+            build=vm.prepare(vm.BY_NAME[args.line]),
             results_dir=args.results_dir,
             extra_env={"KLPD_BENCH_ITERATIONS": str(args.iterations)},
             timeout=1800,

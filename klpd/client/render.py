@@ -112,6 +112,28 @@ def render_patch(p: dict[str, Any], detailed: bool = False, brief: bool = False)
             )
             if m.get("functions"):
                 out.append(f"      functions: {_e(', '.join(m['functions']))}")
+            out += [f"      {line}" for line in render_versions(m.get("versions") or [], m)]
+    return out
+
+
+def render_versions(versions: list[dict[str, Any]], m: dict[str, Any] | None = None) -> list[str]:
+    """6.13+: which patch's version of each function runs (kpatch list's view). With ``m``,
+    from that module's point of view."""
+    out = []
+    for v in versions:
+        live = v["live"] or "original"
+        where = f"{v['obj']}:{v['function']}"
+        if m is None:
+            text = f"{where}: {live}"
+        elif v["live"] == m["module"]:
+            text = f"{where}: live"
+        else:
+            text = f"{where}: not live ({live} runs)"
+        if v.get("previous") is not None:
+            text += f", in transition from {v['previous'] or 'original'}"
+        if m is None and len(v["stack"]) > 1:
+            text += f" (stack: {' > '.join(v['stack'])})"
+        out.append(_e(text))
     return out
 
 
@@ -150,4 +172,7 @@ def render_status(s: dict[str, Any]) -> str:
         out += [f"  {_e(mod)}: {_e(err or 'refused')}" for mod, err in failed]
     if s.get("foreign_livepatches"):
         out += ["", "not managed by klpd: " + _e(", ".join(s["foreign_livepatches"]))]
+    if s.get("functions"):
+        out += ["", "live function versions (stack_order):"]
+        out += [f"  {line}" for line in render_versions(s["functions"])]
     return "\n".join(out)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 
 from klpd.core.model import Action, ActionKind, Catalog, KernelState, OverallState, PatchModule
 from klpd.core.planner import NotDesired, Unwanted
+from klpd.core.stacking import FunctionVersion, live_functions
 from klpd.core.status import (
     ModuleReport,
     ModuleStatus,
@@ -145,6 +147,7 @@ def build_snapshot(
     pending_load = {a.module for a in pending if a.kind is ActionKind.LOAD}
     unapplying = {a.module for a in pending if a.kind is not ActionKind.LOAD}
     patches: list[PatchReport] = []
+    functions = live_functions(state)
     for patch in sorted(catalog.patches.values(), key=lambda p: p.name):
         is_refused = patch.replace or patch.name in refused
         mods = tuple(
@@ -160,6 +163,7 @@ def build_snapshot(
             )
             for pm in sorted(patch.modules.values(), key=lambda m: (m.obj != "vmlinux", m.obj))
         )
+        mods = tuple(_with_versions(m, functions) for m in mods)
         main = patch.main
         wanted = patch.name in desired and not is_refused
         note = notes.get(patch.name)
@@ -186,4 +190,10 @@ def build_snapshot(
         last_error=last_error,
         last_reconcile=last_reconcile,
         foreign_livepatches=foreign,
+        functions=functions,
     )
+
+
+def _with_versions(m: ModuleReport, functions: Sequence[FunctionVersion]) -> ModuleReport:
+    mine = tuple(f for f in functions if f.obj == m.obj and m.module in f.stack)
+    return dataclasses.replace(m, versions=mine) if mine else m

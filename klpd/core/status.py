@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from klpd.core.model import BlockingTask, OverallState
 from klpd.core.preview import PlanPreview
+from klpd.core.stacking import FunctionVersion
 
 SCHEMA_VERSION = 1
 
@@ -56,6 +57,8 @@ class ModuleReport:
     patched: bool | None = None
     functions: tuple[str, ...] = ()
     error: str = ""
+    # 6.13+ (stack_order): per function of this module, which patch's version runs
+    versions: tuple[FunctionVersion, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,8 @@ class Snapshot:
     last_reconcile: float = 0.0  # unix time
     foreign_livepatches: tuple[str, ...] = ()  # livepatches klpd does not manage
     counters: Counters = field(default_factory=Counters)  # a copy, taken when asked for
+    # 6.13+ (stack_order): every patched function and which patch's version runs
+    functions: tuple[FunctionVersion, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,6 +203,7 @@ __all__ = [
     "Counters",
     "Event",
     "EventKind",
+    "FunctionVersion",
     "InvalidArgumentError",
     "Listener",
     "ModuleReport",

@@ -710,3 +710,23 @@ def test_klpd_undoes_replace_patch_loaded_behind_its_back(more_steps: dict[str, 
 def test_klpd_names_the_replace_patch(more_steps: dict[str, Step]) -> None:
     noticed = more_steps["rep.noticed"]["stdout"]
     assert "replaced by an atomic-replace patch (lprep__vmlinux)" in noticed
+
+
+def test_klpd_says_which_version_runs_where_the_kernel_shows_stack_order(
+    trace: Trace, more_steps: dict[str, Step]
+) -> None:
+    """6.13+: status/Describe list per patched function the patch whose version runs (from
+    stack_order, as kpatch list does); before 6.13 the order is not in sysfs: no claim."""
+    import json
+
+    snap = json.loads(more_steps["dbus.status"]["stdout"])
+    if kernel_version(trace) < (6, 13):
+        assert snap.get("functions", []) == []
+        return
+    live = {f"{f['obj']}:{f['function']}": f["live"] for f in snap["functions"]}
+    assert live == {
+        "vmlinux:cmdline_proc_show,1": "lpa_v2__vmlinux",
+        "klpd_target:klpd_target_value,1": "lpa_v2__klpd_target",
+    }
+    assert more_steps["dbus.status"]["stdout"]  # and the value read agrees:
+    assert more_steps["restart.value"]["stdout"] == "lpa_v2\n"

@@ -200,8 +200,9 @@ def host_depmod(build: Build, out: Path) -> Path:
             continue
         (moddir / entry.name).symlink_to(entry)
     (moddir / "extra").mkdir()
-    for ko in sorted(build.ko_dir.glob("*.ko")):
-        (moddir / "extra" / ko.name).symlink_to(ko)
+    (moddir / "bench").mkdir()
+    for ko in sorted(build.ko_dir.glob("*.ko")):  # as guest/pid1.sh installs them
+        (moddir / ("bench" if "bench" in ko.name else "extra") / ko.name).symlink_to(ko)
     proc = _run(["depmod", "-b", str(base), build.kver], capture_output=True)
     if proc.returncode != 0:
         raise HarnessError(f"depmod failed: {proc.stderr}")

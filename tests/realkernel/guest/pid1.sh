@@ -35,9 +35,15 @@ mkdir -p "/lib/modules/$KLPD_KVER"
 for e in "$KLPD_KMOD_DIR"/*; do
 	[ -e "/lib/modules/$KLPD_KVER/${e##*/}" ] || ln -s "$e" "/lib/modules/$KLPD_KVER/${e##*/}"
 done
-# The test modules go where modprobe finds them, as a package would put them.
-mkdir -p "/lib/modules/$KLPD_KVER/extra"
-cp "$KLPD_KO_DIR"/*.ko "/lib/modules/$KLPD_KVER/extra/"
+# The test modules go where modprobe finds them, as a package would put them; the bench's
+# (bench/boot_converge.py) in bench/, a catalog of their own.
+mkdir -p "/lib/modules/$KLPD_KVER/extra" "/lib/modules/$KLPD_KVER/bench"
+for ko in "$KLPD_KO_DIR"/*.ko; do
+	case ${ko##*/} in
+	*bench*) cp "$ko" "/lib/modules/$KLPD_KVER/bench/" ;;
+	*) cp "$ko" "/lib/modules/$KLPD_KVER/extra/" ;;
+	esac
+done
 # depmod ran on the host (vm.py host_depmod: 45 s here over 9p, 1 s there).
 cp "$KLPD_RESULTS"/depmod/modules.* "/lib/modules/$KLPD_KVER/"
 echo "$(uname -r)" >"$KLPD_RESULTS/uname-r"

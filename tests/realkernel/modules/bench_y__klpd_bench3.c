@@ -1,0 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0
+#define KLPD_BENCH_SERIES "y"
+#define KLPD_OBJECT "klpd_bench3"
+#include "klpd_benchpatch.h"
