@@ -101,6 +101,7 @@ must dbus.state busctl --system get-property io.github.Klpd1 /io/github/Klpd1 \
 	io.github.Klpd1.Manager State
 must dbus.introspect busctl --system introspect io.github.Klpd1 /io/github/Klpd1
 must dbus.status klpctl status --json
+must dbus.show klpctl show lpa_v2
 
 # ---- 4. an atomic-replace patch loaded behind klpd's back -------------------------------------
 must rep.load modprobe lprep__vmlinux
