@@ -171,6 +171,18 @@ def test_guest_runs_the_lines_debian_kernel(line: str, trace: Trace) -> None:
     assert trace["boot_seconds"] < 300
 
 
+def test_guest_kernel_never_oopsed(trace: Trace) -> None:
+    """The evidence for the line's vCPU/TCG setting (docs/realkernel.md): no oops, BUG or
+    panic on the console of the whole run (multi-threaded TCG + int3 text patching oopsed on
+    6.12 and 7.3)."""
+    bad = [
+        line
+        for line in trace.get("console", "").splitlines()
+        if re.search(r"Oops|BUG:|Kernel panic|general protection|int3:", line)
+    ]
+    assert not bad, "\n".join(bad[:20])
+
+
 def test_every_step_recorded(facts: dict[str, Step]) -> None:
     assert len(facts) > 100
     assert "forceun.other.rmmod" in facts  # the last step: the scenario ran to its end
