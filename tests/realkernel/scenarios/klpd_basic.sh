@@ -97,9 +97,9 @@ must remove.reload.value_patched read_value
 must softdep.config reload_config '[policy]' 'on_object_removed = "remove"' \
 	'[softdep]' 'enabled = true'
 must softdep.file cat /run/modprobe.d/klpd.conf
-must softdep.kmod modprobe --showconfig
 must softdep.rmmod rmmod klpd_target
 must softdep.unloaded wait_gone 60 lpa_v2__klpd_target lpb__klpd_target
+must softdep.kmod modprobe --show-depends klpd_target
 must softdep.reload modprobe klpd_target
 must softdep.reload.value read_value
 must softdep.patched wait_patches 60 lpa_v2__klpd_target lpb__klpd_target
