@@ -24,12 +24,13 @@ Trace = dict[str, Any]
 
 
 def steps(t: Trace, scenario: str) -> dict[str, Any]:
-    sc = t["scenarios"].get(scenario, {"steps": []})
+    sc: dict[str, Any] = t["scenarios"].get(scenario, {"steps": []})
     return {s["name"]: s for s in sc["steps"]}
 
 
 def fact(t: Trace, name: str) -> dict[str, Any]:
-    return steps(t, "kernel_facts").get(name, {})
+    found: dict[str, Any] = steps(t, "kernel_facts").get(name, {})
+    return found
 
 
 def _attr(t: Trace, attr: str) -> str:

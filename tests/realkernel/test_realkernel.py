@@ -399,9 +399,7 @@ def test_force_on_patching(trace: Trace, facts: dict[str, Step]) -> None:
         assert "lpstall__klpd_target" in facts["forceun.pinned_before"]["stdout"]
 
 
-def test_force_on_unpatching_makes_module_unremovable(
-    trace: Trace, facts: dict[str, Step]
-) -> None:
+def test_force_on_unpatching_makes_module_unremovable(trace: Trace, facts: dict[str, Step]) -> None:
     if kernel_version(trace) < (5, 18):
         assert "forceun.force" not in facts  # nothing left to show: pinned above
     else:

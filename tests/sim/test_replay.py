@@ -303,7 +303,7 @@ class Replay:
     def sim_profile_add_before_init(self) -> bool:
         from klpd_sim.profile import profile_for
 
-        return profile_for(self.release).add_uevent_before_init
+        return bool(profile_for(self.release).add_uevent_before_init)
 
     def do_uevents_during(self, step: Step, args: list[str]) -> None:
         monitor = _monitor()
