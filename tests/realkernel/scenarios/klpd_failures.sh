@@ -1,8 +1,9 @@
 #!/bin/sh
 # Scenario "klpd_failures": klpd meets a stalled transition and a broken patch module.
 # A task sleeps in klpd_target_sleep() before klpd starts; klpd must load lpstall__vmlinux,
-# lpbad__vmlinux, then lpstall__klpd_target (stalls; on_stall = "revert" after 5 s) and
-# lpbad__klpd_target (fails EINVAL), report both, and leave the rest working.
+# lpbad__vmlinux, then lpstall__klpd_target (stalls; on_stall = "revert" after 30 s) and
+# lpbad__klpd_target (fails EINVAL), report both, and leave the rest working. stall_timeout
+# is 30 s so that `klpctl blocking` (several seconds to start under TCG) sees the stall.
 . "$KLPD_LIB"
 . "$(dirname "$KLPD_LIB")/services.sh"
 
@@ -17,7 +18,7 @@ sleeper=$!
 must sleeper wait_sleepers 1
 must config write_klpd_config /run/klpd-failures.toml \
 	'[patches]' 'desired = ["lpstall", "lpbad"]' \
-	'[transition]' 'stall_timeout = 5.0' 'on_stall = "revert"'
+	'[transition]' 'stall_timeout = 30.0' 'on_stall = "revert"'
 start_klpd /run/klpd-failures.toml "$KLPD_OUT/klpd.log"
 must klpd.mains wait_patches 180 lpstall__vmlinux lpbad__vmlinux
 # lpstall__klpd_target is loaded, stalls, is reverted by klpd after stall_timeout.
