@@ -172,12 +172,14 @@ def ensure_modules(line: Line, tar: Path, kver: str) -> Path:
     if stamp.exists() and stamp.read_text() == digest and any(ko_dir.glob("*.ko")):
         return ko_dir
     root = BUILD_DIR / "chroot-root" / line.name
+    proc_dir = root / "proc"
+    if os.path.ismount(proc_dir):  # an earlier build killed mid-way, or one running now
+        raise HarnessError(f"{proc_dir} is mounted: another build of {line.name} is running?")
     if root.exists():
         shutil.rmtree(root)
     _tar_extract(tar, root)
     src = root / "klpd" / "src"
     shutil.copytree(MODULE_SOURCES, src)
-    proc_dir = root / "proc"
     _run(["mount", "-t", "proc", "proc", str(proc_dir)], "mount /proc in the chroot")
     try:
         _run(
