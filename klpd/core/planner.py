@@ -200,8 +200,11 @@ def _plan_patch(
     state: KernelState,
     policy: RemovalPolicy,
     avoid: frozenset[str],
+    arming: frozenset[str] = frozenset(),
 ) -> bool:
-    """Plan one desired patch; True when, after the plan, every live object is covered."""
+    """Plan one desired patch; True when, after the plan, every live object is covered.
+    ``arming``: object modules just loaded by someone else while their object is absent
+    (kmod's softdep pre-arming loads ``P__m`` right before ``m``): not taken away yet."""
     main = patch.main
     if main is None or not _ensure_loaded(out, state, main, Reason.MAIN_FIRST, avoid):
         return False
@@ -212,7 +215,9 @@ def _plan_patch(
             if not _ensure_loaded(out, state, pm, Reason.OBJECT_LOADED, avoid):
                 complete = False
         elif obj not in state.modules:
-            if policy is RemovalPolicy.REMOVE:
+            if policy is RemovalPolicy.REMOVE and pm.module in arming:
+                complete = False  # its object is about to come
+            elif policy is RemovalPolicy.REMOVE:
                 _take_away(out, state, pm, Reason.OBJECT_GONE)
             elif _stale(state, pm.module):
                 # Kept armed only while it is a working livepatch; a dead one goes.
@@ -229,8 +234,13 @@ def plan(
     policy: RemovalPolicy = RemovalPolicy.KEEP,
     avoid: frozenset[str] = frozenset(),
     refused: frozenset[str] = frozenset(),
+    arming: frozenset[str] = frozenset(),
 ) -> list[Action]:
     """Every action that brings ``state`` to the desired one, in the order to run them.
+
+    ``arming`` holds object modules that appeared while their object is absent, loaded by
+    someone else a moment ago (softdep pre-arming: kmod loads ``P__m`` just before ``m``):
+    the removal policy leaves them alone until the orchestrator drops them from the set.
 
     ``avoid`` holds modules whose last load failed: they are not tried again until the
     orchestrator clears them (their object reloaded, an operator's reload). ``refused``
@@ -256,7 +266,7 @@ def plan(
         ),
         key=lambda p: (p.series, p.version, p.name),
     ):
-        complete[patch.name] = _plan_patch(out, patch, state, policy, avoid)
+        complete[patch.name] = _plan_patch(out, patch, state, policy, avoid, arming)
 
     # 3. Retire what is not desired, once its series successor covers every live object.
     for patch in sorted(catalog.patches.values(), key=lambda p: p.name):

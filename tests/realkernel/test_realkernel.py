@@ -272,7 +272,16 @@ def test_second_load_during_transition_is_ebusy(facts: dict[str, Step]) -> None:
 
 
 def test_module_init_returns_before_transition_ends(facts: dict[str, Step]) -> None:
-    assert facts["lpb.vmlinux.load"]["livepatch"]["lpb__vmlinux"]["transition"] == "1"
+    """modprobe returns once the patch is enabled, not when its transition ends: some loads
+    leave `transition` 1 behind (others finish at the first attempt, within a millisecond)."""
+    still = [
+        s["name"]
+        for s in facts.values()
+        if s["cmd"].startswith("modprobe lp")
+        and s["rc"] == 0
+        and any(p.get("transition") == "1" for p in s["livepatch"].values())
+    ]
+    assert still, "no load returned during its transition"
 
 
 def test_stacking_newest_wins(facts: dict[str, Step]) -> None:

@@ -75,6 +75,21 @@ def test_target_removed_remove_policy_disables_then_unloads() -> None:
     assert {a.reason for a in actions} == {Reason.OBJECT_GONE}
 
 
+def test_remove_policy_leaves_a_softdep_armed_module_while_its_object_comes() -> None:
+    """kmod's softdep loads P__m, then m: in between the object is absent. A module the
+    orchestrator says is arming is not taken away (seen on 7.3: it was, and m came up
+    unpatched); once the grace is over the policy applies again."""
+    s = state([], ["lpa__vmlinux", "lpa__ext4"])
+    assert (
+        plan(CAT, s, frozenset({"lpa"}), RemovalPolicy.REMOVE, arming=frozenset({"lpa__ext4"}))
+        == []
+    )
+    assert steps(plan(CAT, s, frozenset({"lpa"}), RemovalPolicy.REMOVE)) == [
+        (D, "lpa__ext4"),
+        (U, "lpa__ext4"),
+    ]
+
+
 def test_stale_module_is_unloaded_and_reloaded_when_wanted() -> None:
     s = state(["ext4"], ["lpa__vmlinux"], stale=["lpa__ext4"])
     assert steps(plan(CAT, s, frozenset({"lpa"}))) == [(U, "lpa__ext4"), (L, "lpa__ext4")]
