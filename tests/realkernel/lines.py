@@ -76,19 +76,18 @@ class Build:
     ko_dir: Path  # build/realkernel/modules/<kver>/*.ko
 
 
-def _run(argv: list[str], what: str, **kwargs: object) -> str:
-    proc = subprocess.run(  # type: ignore[call-overload]
+def _run(argv: list[str], what: str) -> str:
+    proc = subprocess.run(
         argv,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         env={**os.environ, "LANG": "C.UTF-8"},
         check=False,
-        **kwargs,
     )
     if proc.returncode != 0:
         raise HarnessError(f"{what} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
-    return str(proc.stdout)
+    return proc.stdout
 
 
 def ensure_chroot(line: Line) -> Path:

@@ -14,6 +14,7 @@ fails; otherwise the committed tests/realkernel/traces/<line>.json.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -368,7 +369,7 @@ def test_sim_replays_the_kernel_line(line: str, request: pytest.FixtureRequest) 
                 # and which version a task runs is open while tasks switch
                 wanted = [(t, m, {}) for t, m, _ in wanted]
             try:
-                wait_for(lambda w=wanted: _shown(sim, w), 3.0, what=step["name"])
+                wait_for(functools.partial(_shown, sim, wanted), 3.0, what=step["name"])
             except TimeoutError:
                 assert (step["name"], sim_state(sim)) == (step["name"], wanted[0])
 

@@ -17,6 +17,13 @@ start_udevd() {
 	udevadm settle -t 30
 }
 
+# klpd_tmpfiles: what klpd's tmpfiles.d line makes at boot (the guest has no systemd as PID
+# 1): /run/modprobe.d/klpd.conf -> /run/klpd/softdep.conf, so the real modprobe reads the
+# softdeps klpd writes.
+klpd_tmpfiles() {
+	systemd-tmpfiles --create "$KLPD_REPO/units/klpd.tmpfiles" && ls -l /run/modprobe.d/klpd.conf
+}
+
 # write_klpd_config FILE [TOML...]: klpd.toml for the test modules under extra/.
 write_klpd_config() {
 	f=$1

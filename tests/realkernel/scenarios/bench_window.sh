@@ -19,6 +19,7 @@ disable_rmmod() { # PATCH
 step reset reset_livepatches
 step services.dbus start_dbus
 step services.udevd start_udevd
+step services.tmpfiles klpd_tmpfiles
 
 # --- baseline: a shell loop on the kernel's module uevents ---------------------------------
 step baseline.main modprobe lpa__vmlinux

@@ -41,6 +41,7 @@ removes() { grep -c 'reconcile requested: remove klpd_target' "$LOG"; }
 step reset reset_livepatches
 must services.dbus start_dbus
 must services.udevd start_udevd
+must services.tmpfiles klpd_tmpfiles
 must python.startup "$KLPD_REPO/.venv/bin/python" -c 'import klpd.service.daemon'
 must catalog catalog
 must config config
@@ -96,7 +97,7 @@ must remove.reload.value_patched read_value
 # --- softdep: klpd writes `softdep m pre: P__m`, the real modprobe loads P__m first ----------
 must softdep.config reload_config '[policy]' 'on_object_removed = "remove"' \
 	'[softdep]' 'enabled = true'
-must softdep.file cat /run/modprobe.d/klpd.conf
+must softdep.file cat /run/modprobe.d/klpd.conf  # through tmpfiles.d's link
 must softdep.rmmod rmmod klpd_target
 must softdep.unloaded wait_gone 60 lpa_v2__klpd_target lpb__klpd_target
 must softdep.kmod modprobe --show-depends klpd_target
