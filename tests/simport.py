@@ -61,7 +61,7 @@ class SimPort:
         objects = {
             o.name: ObjectState(
                 o.name,
-                patched=o.patched if k.version >= (6, 1) else None,
+                patched=o.patched if k.profile.object_patched_attr else None,
                 functions=tuple(sorted(f"{f},1" for f in [*o.funcs, *o.nop_funcs])),
             )
             for o in p.objects.values()
@@ -70,8 +70,8 @@ class SimPort:
             p.module,
             enabled=p.enabled,
             transition=k.transition is not None and k.transition.patch == p.module,
-            replace=p.replace if k.version >= (6, 11) else None,
-            stack_order=p.stack_order if k.version >= (6, 14) else None,
+            replace=p.replace if k.profile.replace_attr else None,
+            stack_order=k.stack_order(p.module) if k.profile.stack_order_attr else None,
             objects=objects,
         )
 
