@@ -148,6 +148,10 @@ def _foreign_spec() -> Spec:
 def test_ebusy_from_a_concurrent_transition_is_retried(tmp_path: Path) -> None:
     with SimKernel(transition_ms=400, spec=_foreign_spec()) as sim:
         sim.modprobe("ext4")
+        # A task asleep in vmlinux holds every vmlinux transition until the test wakes it:
+        # the other tool's transition is still running when klpd's modprobe comes, however
+        # slowly a loaded machine spawns them (no race against the 400 ms of a transition).
+        sim.stall("vmlinux", comm="sleeper")
         mark = tmp_path / "raced"
         wrapper = tmp_path / "modprobe-racing"
         cli = " ".join(sim.cli)
@@ -161,9 +165,10 @@ def test_ebusy_from_a_concurrent_transition_is_retried(tmp_path: Path) -> None:
         k = KlpdProcess(sim, tmp_path, {**LPA, "kernel": {"modprobe": [str(wrapper)]}})
         try:
             k.start()
+            wait_for(lambda: ": busy, retry 1 in" in k.log(), 60, "klpd's EBUSY retry")
+            sim.unstall("vmlinux")
             k.wait_state("converged", 60)
             assert applied(sim) == {"kpatch_foreign", "lpa__vmlinux", "lpa__ext4"}
-            assert ": busy, retry 1 in" in k.log()
         finally:
             k.close()
 
