@@ -157,10 +157,15 @@ def run(module, klpctl):
             rescan=p["rescan"], enable=[name] if enable else [], disable=[] if enable else [name]
         )
     except KlpctlError as e:
-        if e.rc == 6 and before is None:
-            where = "" if p["rescan"] else " (rescan: true looks for newly installed patches)"
-            module.fail_json(msg="no installed patch named %s%s: %s" % (name, where, e), **result)
-        raise
+        if e.rc != 6 or before is not None:
+            raise
+        if module.check_mode and enable:
+            # in check mode the task that installs the patch did not install it either
+            result.update(changed=True, klpd=summary(before_doc))
+            module.warn("%s is not installed yet: check mode cannot show klpd's plan for it" % name)
+            module.exit_json(**result)
+        where = "" if p["rescan"] else " (rescan: true looks for newly installed patches)"
+        module.fail_json(msg="no installed patch named %s%s: %s" % (name, where, e), **result)
     result["plan"] = plan.get("actions", [])
     after = patch_by_name(plan, name)
     flips = (before is None) if enable else (before is not None and not disabled_before)
