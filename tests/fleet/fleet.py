@@ -32,7 +32,7 @@ KLPCTL = str(BIN / "klpctl")
 SYSTEM_PYTHON = "/usr/bin/python3"
 SHIP_TASKS = Path(__file__).with_name("ship.yml")
 # The demo catalog's other patches stay out of the way: lpa_v2 is what every host runs.
-BASE_CONFIG = {"patches": {"exclude": ["lpb", "lpbad"]}}
+BASE_CONFIG: dict[str, dict[str, Any]] = {"patches": {"exclude": ["lpb", "lpbad"]}}
 
 
 @dataclass
@@ -86,7 +86,10 @@ class Fleet:
         workdir = self.workdir / name
         workdir.mkdir()
         sim.modprobe("ext4")
-        overrides = {**BASE_CONFIG, "dbus": {"enabled": True, "bus": bus.address}}
+        overrides: dict[str, dict[str, Any]] = {
+            **BASE_CONFIG,
+            "dbus": {"enabled": True, "bus": bus.address},
+        }
         klpd = KlpdProcess(sim, workdir, overrides)
         host = Host(name, sim, bus, klpd)
         klpd.start()

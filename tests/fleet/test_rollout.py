@@ -47,7 +47,7 @@ def test_check_mode_predicts_the_change_and_changes_nothing(fleet: Fleet) -> Non
 def test_a_good_patch_reaches_every_host_wave_by_wave(fleet: Fleet) -> None:
     run = fleet.rollout("lpfix")
     assert run.rc == 0, run.output
-    # serial [1, "10%", "50%", "100%"] over six hosts: 1, 1 (10% rounds up to one), 3, 1
+    # serial [1, "10%", "50%", "100%"] over six hosts: 1, 1 (10% of six, but at least one), 3, 1
     assert run.batches() == [["host1"], ["host2"], ["host3", "host4", "host5"], ["host6"]]
     assert run.report["changed"] == HOSTS and not run.report["untouched"], run.output
     for host in fleet.hosts:
@@ -74,8 +74,9 @@ def test_a_patch_failing_on_host3_is_rolled_back_there_and_stops_the_rollout(
     assert run.report["changed"] == ["host1", "host2"], run.output
     assert run.report["rolled_back"] == ["host3"]
     assert run.report["untouched"] == ["host4", "host5", "host6"]
-    assert "Klpd settled in an accepted state" in run.report["errors"]["host3"]
-    assert "klpd is degraded" in run.report["errors"]["host3"]
+    # klpd_patch's own wait saw it settle degraded, with modprobe's words
+    error = run.report["errors"]["host3"]
+    assert "klpd is degraded" in error and "could not insert 'lpnext__ext4'" in error, error
 
     for name in ("host1", "host2"):  # before it: they keep it
         host = fleet.host(name)
