@@ -81,7 +81,9 @@ class Fleet:
             raise
 
     def _start(self, name: str) -> Host:
-        sim = SimKernel(transition_ms=20).start()
+        # No uevents: every simulated kernel on this machine would send them on the one udev
+        # netlink group, and every host's klpd would hear its neighbours' module loads.
+        sim = SimKernel(transition_ms=20, uevents=False).start()
         bus = start_private_bus()
         workdir = self.workdir / name
         workdir.mkdir()
