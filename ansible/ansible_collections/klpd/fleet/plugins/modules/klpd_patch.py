@@ -186,7 +186,10 @@ def run(module, klpctl):
     if enable:
         if p["rescan"]:
             klpctl.change("reload")
-        if disabled_before or before is None:
+        if before is None:  # new to klpd: it may still be disabled from an earlier rollback
+            now = patch_by_name(klpctl.describe(), name)
+            disabled_before = now is not None and now.get("status") == "disabled"
+        if disabled_before:  # (an enable also forgives failures: never one more attempt)
             klpctl.change("enable", name)
     elif before is not None or after is not None:
         klpctl.change("disable", name)

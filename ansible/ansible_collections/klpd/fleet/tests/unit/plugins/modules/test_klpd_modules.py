@@ -31,12 +31,18 @@ def test_patch_enable_new_patch_rescans_enables_and_is_then_idempotent(monkeypat
     result = run(klpd_patch, {"name": "lpnew", "rescan": True}, fake, monkeypatch, capsys)
     assert result["changed"] is True and not result.get("failed")
     assert [a["text"] for a in result["plan"]] == ["load lpnew__vmlinux (main-first)"]
-    assert fake.changes == [["reload"], ["enable", "lpnew"]]
+    assert fake.changes == [["reload"]]  # not disabled: no enable (it would retry failures)
     assert result["state"] == "converged" and "lpnew" in result["klpd"]["applied"]
 
     again = run(klpd_patch, {"name": "lpnew", "rescan": True}, fake, monkeypatch, capsys)
     assert again["changed"] is False and again["plan"] == []
-    assert fake.changes == [["reload"], ["enable", "lpnew"]]
+    assert fake.changes == [["reload"]]
+
+
+def test_patch_enable_of_a_disabled_new_version_enables_it_after_the_rescan(monkeypatch, capsys):
+    fake = FakeKlpctl(installed={"lpa", "lpnew"}, known={"lpa"}, disabled={"lpnew"})
+    result = run(klpd_patch, {"name": "lpnew", "rescan": True}, fake, monkeypatch, capsys)
+    assert result["changed"] is True and fake.changes == [["reload"], ["enable", "lpnew"]]
 
 
 def test_patch_check_mode_predicts_with_diff_and_changes_nothing(monkeypatch, capsys):
