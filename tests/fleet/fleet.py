@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dbus_helpers import PrivateBus, start_private_bus
+from dbus_helpers import start_private_bus
 from klpd_harness import KlpdProcess
+from klpd_sim.bus import PrivateBus
 from klpd_sim.harness import SimKernel
 from klpd_sim.kofile import write_ko
 from klpd_sim.spec import vermagic

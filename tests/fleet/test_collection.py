@@ -26,6 +26,7 @@ SANITY_TESTS = ("validate-modules", "import", "compile", "pep8", "pylint", "ansi
 
 
 def _prepare_home() -> dict[str, str]:
+    # ansible-test ships no type information; this is its own table of venv pip versions
     from ansible_test._internal.python_requirements import (  # type: ignore[import-untyped]
         get_venv_packages,
     )
