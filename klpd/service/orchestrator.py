@@ -29,6 +29,7 @@ from klpd.core.observe import objects_coming, unsettled
 from klpd.core.planner import plan, select_desired
 from klpd.core.status import Counters
 from klpd.kernel.catalog import ModinfoCache, scan_catalog, vermagic_matches
+from klpd.service.arming import Arming
 from klpd.service.bookkeeper import Bookkeeper, LoadHook
 from klpd.service.bootguard import BootGuard
 from klpd.service.config import Config
@@ -44,9 +45,6 @@ from klpd.service.screening import Screening
 from klpd.service.transition import TransitionWatcher
 
 log = logging.getLogger(__name__)
-# How long a P__m that appeared without its object (softdep pre-arming) is left alone by the
-# remove policy: kmod inserts m right after it (a second under a loaded TCG guest).
-ARMING_GRACE = 10.0
 
 
 def incompatible_modules(catalog: Catalog, release: str) -> dict[str, str]:
@@ -87,7 +85,7 @@ class Orchestrator:
         self.reporter = Reporter(self.picture, self.memory, self._port, self.counters)
         self.screening = Screening(inspector, bootguard, self.memory, self.reporter)
         hooks = self.screening.around(hooks)
-        self._arming: dict[str, float] = {}  # P__m -> until when its absent object may come
+        self._arming = Arming(self.request_reconcile)  # softdep pre-armed P__m (arming.py)
         self.books = Bookkeeper(self.memory, self.guard, self.reporter, self.counters, hooks)
         self._watcher = TransitionWatcher(self._port, self.reporter)
         self.executor = Executor(
@@ -160,27 +158,8 @@ class Orchestrator:
             pm = patch.modules.get(module)
             if pm is not None:
                 self.memory.retry(pm.module)
-        self._note_arming(module)
+        self._arming.added(module, self.picture.catalog, self._config.softdep.enabled)
         self.request_reconcile(f"add {module}")
-
-    def _note_arming(self, module: str) -> None:
-        """With softdeps, kmod loads ``P__m`` and then ``m``: between the two the object is
-        absent and the remove policy would take ``P__m`` away (seen on 7.3). Give the object
-        ARMING_GRACE seconds to come before that policy applies to the module."""
-        pm = self.picture.catalog.by_module().get(module)
-        if pm is None or pm.obj == "vmlinux" or not self._config.softdep.enabled:
-            return
-        self._arming[module] = time.monotonic() + ARMING_GRACE
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        loop.call_later(ARMING_GRACE + 0.05, self.request_reconcile, f"{module} armed long enough")
-
-    def _arming_now(self) -> frozenset[str]:
-        now = time.monotonic()
-        self._arming = {m: t for m, t in self._arming.items() if t > now}
-        return frozenset(self._arming)
 
     def module_removed(self, module: str) -> None:
         self.request_reconcile(f"remove {module}")
@@ -218,14 +197,10 @@ class Orchestrator:
         return self._port.read_state()
 
     def plan_now(self, state: KernelState) -> list[Action]:
+        mem, policy = self.memory, self._config.policy.on_object_removed
+        avoid, refused = mem.not_to_load(), mem.refused_patches()
         return plan(
-            self.picture.catalog,
-            state,
-            self.desired,
-            self._config.policy.on_object_removed,
-            self.memory.not_to_load(),
-            self.memory.refused_patches(),
-            self._arming_now(),
+            self.picture.catalog, state, self.desired, policy, avoid, refused, self._arming.now()
         )
 
     async def reconcile(self) -> None:

@@ -1,0 +1,55 @@
+"""Softdep pre-arming seen from the removal policy.
+
+With softdeps, kmod inserts ``P__m`` and then ``m``: between the two the object is absent,
+and the ``remove`` policy would take ``P__m`` away again (seen on Debian's 7.3: klpd, woken
+by ``P__m``'s add uevent, disabled it, and ``m`` came up unpatched). A ``P__m`` that appears
+while softdeps are on is left alone for :data:`ARMING_GRACE` seconds; then the policy
+applies again (a reconcile is asked for when the grace ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from klpd.core.model import Catalog
+from klpd.core.names import VMLINUX
+
+# kmod inserts m right after P__m: a second at most, even in a loaded TCG guest.
+ARMING_GRACE = 10.0
+
+
+class Arming:
+    def __init__(
+        self,
+        on_expiry: Callable[[str], None],
+        grace: float = ARMING_GRACE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._until: dict[str, float] = {}
+        self._on_expiry = on_expiry
+        self._grace = grace
+        self._clock = clock
+
+    def added(self, module: str, catalog: Catalog, softdep: bool) -> None:
+        """A module appeared: an object module ``P__m`` of the catalog, with softdeps on,
+        gets its grace."""
+        pm = catalog.by_module().get(module)
+        if softdep and pm is not None and pm.obj != VMLINUX:
+            self.note(module)
+
+    def note(self, module: str) -> None:
+        """``module`` (an object module ``P__m``) just appeared."""
+        self._until[module] = self._clock() + self._grace
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        loop.call_later(self._grace + 0.05, self._on_expiry, f"{module} armed long enough")
+
+    def now(self) -> frozenset[str]:
+        """The modules still within their grace."""
+        t = self._clock()
+        self._until = {m: u for m, u in self._until.items() if u > t}
+        return frozenset(self._until)
