@@ -162,14 +162,19 @@ class BootGuard:
         return data
 
     def _write(self) -> None:
-        """Durably: the record must be on disk before the load it describes begins."""
-        make_private_directory(self.path.parent)
+        """Durably: the record must be on disk before the load it describes begins. A state
+        directory that cannot be written is logged, not fatal: patches still load (they
+        are security fixes); only the guard cannot protect against a boot loop."""
         payload = {
             "boot_id": self.boot_id,
             "open": [asdict(o) for o in self._open.values()],
             "quarantined": [asdict(q) for q in self.quarantined.values()],
         }
-        write_atomic(self.path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
+        try:
+            make_private_directory(self.path.parent)
+            write_atomic(self.path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
+        except OSError as e:
+            log.error("boot guard: cannot write %s: %s; loads are not guarded", self.path, e)
 
     # --- the orchestrator's verbs ----------------------------------------------------------
 

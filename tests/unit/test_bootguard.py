@@ -130,3 +130,15 @@ def test_read_boot_id(tmp_path: Path) -> None:
     (tmp_path / "sys/kernel/random").mkdir(parents=True)
     (tmp_path / "sys/kernel/random/boot_id").write_text("abc-123\n")
     assert read_boot_id(tmp_path) == "abc-123"
+
+
+def test_unwritable_state_directory_is_logged_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with caplog.at_level(logging.ERROR):
+        g = guard(blocker / "state", "boot-1", Clock())  # a file where a directory should be
+        g.opening("lpa__vmlinux")
+    assert "cannot write" in caplog.text and "loads are not guarded" in caplog.text
+    assert g.open_modules == ("lpa__vmlinux",)
