@@ -35,11 +35,11 @@ from klpd_sim.render import render
 from klpd_sim.spec import Spec, init_root
 from klpd_sim.tree import TreeWriter
 
-from klpd.kernel.kview import KernelView
 from klpd.kernel.modinfo import read_modinfo
 from klpd.kernel.run import run
 from klpd.service.config import Config
 from klpd.service.orchestrator import Orchestrator
+from klpd.service.port import SysfsPort
 
 RELEASE = "6.1.0-bench"
 
@@ -104,28 +104,31 @@ def orchestrator(root: Path, state_dir: Path) -> Orchestrator:
 
 
 async def measure(orch: Orchestrator, passes: int) -> dict[str, float]:
-    """Median ns of: a whole idle reconcile pass, the state read, the plan."""
-    rows: dict[str, list[float]] = {"pass": [], "read": [], "plan": [], "refresh": []}
-    view = KernelView(Path(orch.config.kernel.sysfs_root), orch.read_state().release)
-    view.full()
-    touched = next(iter(orch.read_state().livepatches))
+    """Median ns of: a whole idle reconcile pass (it starts with a full read), the full
+    read, and the work after one action — read what can have changed, plan, publish."""
+    rows: dict[str, list[float]] = {"pass": [], "read": [], "plan": [], "action": []}
+    cfg = orch.config
+    port = SysfsPort(cfg.kernel, orch.picture.release, cfg.retry.modprobe_timeout)
+    touched = next(iter(port.read_state().livepatches))
     for _ in range(passes):
-        t = time.perf_counter_ns()
-        view.touch([touched])
-        view.refresh()
-        rows["refresh"].append(time.perf_counter_ns() - t)
         t0 = time.perf_counter_ns()
         await orch.reconcile()
         t1 = time.perf_counter_ns()
-        state = orch.read_state()
+        state = port.read_state()
         t2 = time.perf_counter_ns()
         actions = orch.plan_now(state)
         t3 = time.perf_counter_ns()
         if actions:
             raise RuntimeError(f"not converged: {actions[:3]}")
+        t4 = time.perf_counter_ns()
+        state = port.read_changes([touched])  # what the loop does after an action
+        orch.plan_now(state)
+        orch.reporter.publish()
+        t5 = time.perf_counter_ns()
         rows["pass"].append(t1 - t0)
         rows["read"].append(t2 - t1)
         rows["plan"].append(t3 - t2)
+        rows["action"].append(t5 - t4)
     return {k: c.median(v) for k, v in rows.items()}
 
 
@@ -174,8 +177,8 @@ def report(
     args: argparse.Namespace,
 ) -> None:
     print(
-        f"action_cost: klpd's own work after every action (idle reconcile pass = read sysfs +"
-        f" plan + publish), {args.targets} live targets, median of {args.passes} passes"
+        f"action_cost: klpd's own cost per action, {args.targets} live targets,"
+        f" median of {args.passes}"
     )
     print(c.NOISE_NOTE.format(os.cpu_count()))
     print(
@@ -183,16 +186,20 @@ def report(
         f" {c.ms(kmod_ns):.2f} ms"
     )
     print(
-        f"{'modules':>8} {'applied':>8} {'patches':>8} {'pass ms':>8} {'read ms':>8}"
-        f" {'plan ms':>8} {'refresh ms':>10} {'pass/kmod':>10} {'µs/module':>10} {'scan s':>7}"
+        f"{'modules':>8} {'applied':>8} {'patches':>8} {'action ms':>10} {'action/kmod':>12}"
+        f" {'pass ms':>8} {'full read ms':>13} {'plan ms':>8} {'scan s':>7}"
     )
     for n, applied, patches, scan_s, r in results:
         print(
-            f"{n:8d} {applied:8d} {patches:8d} {c.ms(r['pass']):8.2f} {c.ms(r['read']):8.2f}"
-            f" {c.ms(r['plan']):8.2f} {c.ms(r['refresh']):10.2f} {r['pass'] / kmod_ns:10.2f}"
-            f" {r['pass'] / 1e3 / max(1, applied):10.1f} {scan_s:7.2f}"
+            f"{n:8d} {applied:8d} {patches:8d} {c.ms(r['action']):10.2f}"
+            f" {r['action'] / kmod_ns:12.2f} {c.ms(r['pass']):8.2f} {c.ms(r['read']):13.2f}"
+            f" {c.ms(r['plan']):8.2f} {scan_s:7.2f}"
         )
-    print("goal: pass <= 2 ms at 1,000 applied modules")
+    print(
+        "action = klpd's own work after each action (read what can have changed + plan +"
+        " publish); pass = an idle reconcile pass, which starts with a full read (once per"
+        " event or request, not per action). goal: action <= 2 ms at 1,000 applied modules"
+    )
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from klpd.core.model import BlockingTask, KernelState, LivePatchState, LoadedModule, ObjectState
@@ -74,6 +75,9 @@ class FakeKernel:
     def _view(self, p: FakePatch) -> LivePatchState:
         view = p.view(self.targets)
         return view if self.replace_attr else dataclasses.replace(view, replace=None)
+
+    def read_changes(self, touched: Iterable[str]) -> KernelState:
+        return self.read_state()
 
     def read_livepatch(self, module: str) -> LivePatchState | None:
         p = self.patches.get(module)

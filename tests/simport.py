@@ -19,7 +19,7 @@ import errno
 import os
 import selectors
 import time as _time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,9 @@ class SimPort:
             modules={n: LoadedModule(n, m.initstate, m.refcnt) for n, m in k.modules.items()},
             livepatches={n: self._lp(p) for n, p in k.patches.items()},
         )
+
+    def read_changes(self, touched: Iterable[str]) -> KernelState:
+        return self.read_state()
 
     def read_livepatch(self, module: str) -> LivePatchState | None:
         p = self.kernel.patches.get(module)

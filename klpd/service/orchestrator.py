@@ -208,8 +208,13 @@ class Orchestrator:
         self.counters.reconciles += 1
         cfg, pic = self._config.transition, self.picture
         settle_polls = int(cfg.revert_timeout / cfg.poll_interval)
+        # A pass starts from a full read (an event, a request, another tool's write may
+        # have changed anything); after each of its own actions it reads what can have
+        # changed (klpd.kernel.kview), the module it acted on included.
+        touched: list[str] | None = None
         while not self._stopping:
-            state = self.read_state()
+            state = self.read_state() if touched is None else self._port.read_changes(touched)
+            touched = []
             managed = pic.catalog.by_module()
             replace_known = self.screening.replace_known(state, managed)
             if self.books.observe(state, managed, replace_known):
@@ -218,6 +223,7 @@ class Orchestrator:
                 # Someone's transition (ours from a previous life, or another tool's).
                 t = state.transition
                 self.books.record(await self.executor.wait_out(t.name, t.enabled))
+                touched = [t.name]
                 continue
             actions = self.plan_now(state)
             pic.state, pic.pending = state, actions
@@ -238,6 +244,7 @@ class Orchestrator:
                 break
             self.reporter.publish()
             await self._execute(actions[0])
+            touched = [actions[0].module]
         pic.last_reconcile = time.time()
         self.reporter.publish()
         # Only a pass that no request arrived during proves convergence; otherwise the run

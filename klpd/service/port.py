@@ -8,11 +8,13 @@ deterministically (``tests/unit/fakeport.py``), and the real daemon uses :class:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
 from klpd.core.model import BlockingTask, KernelState, LivePatchState
 from klpd.kernel import kstate
+from klpd.kernel.kview import KernelView
 from klpd.kernel.modprobe import ModprobeResult, modprobe, rmmod
 from klpd.service.config import KernelConfig
 
@@ -25,7 +27,12 @@ class KernelPort(Protocol):
     def supported(self) -> bool:
         """``/sys/kernel/livepatch`` exists."""
 
-    def read_state(self) -> KernelState: ...
+    def read_state(self) -> KernelState:
+        """Everything, read again."""
+
+    def read_changes(self, touched: Iterable[str]) -> KernelState:
+        """The state after klpd's own action on ``touched`` modules: what can have changed
+        since the last read (see :mod:`klpd.kernel.kview`), at the cost of that."""
 
     def read_livepatch(self, module: str) -> LivePatchState | None: ...
 
@@ -45,14 +52,15 @@ class KernelPort(Protocol):
 class SysfsPort:
     """The real kernel: :mod:`klpd.kernel.kstate` and :mod:`klpd.kernel.modprobe`."""
 
-    __slots__ = ("_kernel", "_release", "_timeout")
+    __slots__ = ("_kernel", "_release", "_timeout", "_view")
 
     def __init__(self, kernel: KernelConfig, release: str, modprobe_timeout: float) -> None:
-        self._kernel, self._release, self._timeout = kernel, release, modprobe_timeout
+        self.configure(kernel, release, modprobe_timeout)
 
     def configure(self, kernel: KernelConfig, release: str, modprobe_timeout: float) -> None:
         """A reloaded configuration may move the roots or change the commands."""
         self._kernel, self._release, self._timeout = kernel, release, modprobe_timeout
+        self._view = KernelView(Path(kernel.sysfs_root), release)
 
     @property
     def _sysfs(self) -> Path:
@@ -62,7 +70,11 @@ class SysfsPort:
         return kstate.livepatch_supported(self._sysfs)
 
     def read_state(self) -> KernelState:
-        return kstate.read_kernel_state(self._sysfs, Path(self._kernel.proc_root), self._release)
+        return self._view.full()
+
+    def read_changes(self, touched: Iterable[str]) -> KernelState:
+        self._view.touch(touched)
+        return self._view.refresh()
 
     def read_livepatch(self, module: str) -> LivePatchState | None:
         return kstate.read_livepatch(self._sysfs, module)

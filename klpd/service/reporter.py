@@ -91,7 +91,7 @@ class Reporter:
         """Recompute the snapshot; tell listeners when anything they can see changed."""
         before = self._snapshot
         self._snapshot = self._build()
-        if before is None or before.to_dict() != self._snapshot.to_dict():
+        if before is None or before != self._snapshot:  # frozen dataclasses: by value
             self.emit(Event(EventKind.STATE_CHANGED, detail=self._snapshot.state.value))
 
     def blocking_tasks(self) -> tuple[BlockingTask, ...]:
