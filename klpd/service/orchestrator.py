@@ -208,13 +208,9 @@ class Orchestrator:
         self.counters.reconciles += 1
         cfg, pic = self._config.transition, self.picture
         settle_polls = int(cfg.revert_timeout / cfg.poll_interval)
-        # A pass starts from a full read (an event, a request, another tool's write may
-        # have changed anything); after each of its own actions it reads what can have
-        # changed (klpd.kernel.kview), the module it acted on included.
-        touched: list[str] | None = None
+        touched: list[str] | None = None  # None: read all; else what can have changed
         while not self._stopping:
             state = self.read_state() if touched is None else self._port.read_changes(touched)
-            touched = []
             managed = pic.catalog.by_module()
             replace_known = self.screening.replace_known(state, managed)
             if self.books.observe(state, managed, replace_known):
@@ -223,12 +219,11 @@ class Orchestrator:
                 # Someone's transition (ours from a previous life, or another tool's).
                 t = state.transition
                 self.books.record(await self.executor.wait_out(t.name, t.enabled))
-                touched = [t.name]
+                touched = []  # a livepatch in transition is re-read anyway
                 continue
             actions = self.plan_now(state)
             pic.state, pic.pending = state, actions
             if not actions:
-                managed = pic.catalog.by_module()
                 freeing = unsettled(state, managed, self.memory.pinned)
                 wanted = {o for n in self.desired for o in pic.catalog.patches[n].objects}
                 if objects_coming(state, wanted) or freeing:
@@ -237,7 +232,7 @@ class Orchestrator:
                     # when, so poll while (and only while) one is pending, for at most
                     # transition.revert_timeout.
                     if settle_polls > 0:
-                        settle_polls -= 1
+                        settle_polls, touched = settle_polls - 1, []
                         await asyncio.sleep(cfg.poll_interval)
                         continue
                     self.books.pin(freeing)
