@@ -45,6 +45,14 @@ class Memory:
         """``module`` was loaded: its last failure is history."""
         self.failures.pop(module, None)
 
+    def loaded_after_all(self, module: str) -> None:
+        """``module``'s add uevent came: it loaded. A failure recorded for it (a modprobe that
+        timed out while the kernel still loaded it, seen on 6.12 under TCG) is history,
+        unless it is quarantined."""
+        if module in self.failures and module not in self.quarantined:
+            self.failures.pop(module)
+            self.avoided.discard(module)
+
     def retry(self, module: str) -> None:
         """Give a failed module another chance (its object came again)."""
         self.avoided.discard(module)

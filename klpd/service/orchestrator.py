@@ -159,6 +159,7 @@ class Orchestrator:
             if pm is not None:
                 self.memory.retry(pm.module)
         self._arming.added(module, self.picture.catalog, self._config.softdep.enabled)
+        self.memory.loaded_after_all(module)
         self.request_reconcile(f"add {module}")
 
     def module_removed(self, module: str) -> None:

@@ -21,3 +21,17 @@ def test_only_catalog_object_modules_with_softdeps_on() -> None:
     arming = Arming(lambda why: None)
     arming.added("lpa__ext4", Catalog(patches={}), softdep=True)  # not in the catalog
     assert arming.now() == frozenset()
+
+
+def test_a_module_that_loaded_after_all_is_no_failure() -> None:
+    """A modprobe that timed out while the kernel still loaded the module (6.12 under TCG):
+    its add uevent clears the failure, unless the module is quarantined."""
+    from klpd.service.memory import Memory
+
+    mem = Memory()
+    mem.record_failure("lpa__ext4", "modprobe: timed out after 116.6s")
+    mem.loaded_after_all("lpa__ext4")
+    assert "lpa__ext4" not in mem.failures and "lpa__ext4" not in mem.not_to_load()
+    mem.quarantine("lpb__ext4", "crashed the machine")
+    mem.loaded_after_all("lpb__ext4")
+    assert mem.failures["lpb__ext4"] == "crashed the machine"
