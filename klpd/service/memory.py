@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from klpd.core.model import Catalog
+
 
 class Memory:
     __slots__ = ("avoided", "failures", "incompatible", "pinned", "quarantined", "refused")
@@ -44,6 +46,15 @@ class Memory:
     def record_success(self, module: str) -> None:
         """``module`` was loaded: its last failure is history."""
         self.failures.pop(module, None)
+
+    def module_came(self, module: str, catalog: Catalog) -> None:
+        """A module came: every patch's failed ``P__<module>`` gets another chance (its object
+        came again), and ``module`` itself, if it had failed, loaded after all."""
+        for patch in catalog.patches.values():
+            pm = patch.modules.get(module)
+            if pm is not None:
+                self.retry(pm.module)
+        self.loaded_after_all(module)
 
     def loaded_after_all(self, module: str) -> None:
         """``module``'s add uevent came: it loaded. A failure recorded for it (a modprobe that

@@ -154,12 +154,8 @@ class Orchestrator:
 
     def module_added(self, module: str) -> None:
         """A module came: a failed ``P__<module>`` gets another chance, then reconcile."""
-        for patch in self.picture.catalog.patches.values():
-            pm = patch.modules.get(module)
-            if pm is not None:
-                self.memory.retry(pm.module)
+        self.memory.module_came(module, self.picture.catalog)
         self._arming.added(module, self.picture.catalog, self._config.softdep.enabled)
-        self.memory.loaded_after_all(module)
         self.request_reconcile(f"add {module}")
 
     def module_removed(self, module: str) -> None:
