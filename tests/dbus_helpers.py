@@ -57,6 +57,7 @@ SHIPPED_BUS_POLICY = REPO / "etc/dbus-1/system.d/io.github.Klpd1.conf"
 NOBODY = 65534
 AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 
+
 def start_private_bus(shipped_policy: Path = SHIPPED_BUS_POLICY) -> PrivateBus:
     """The one private bus configuration (:mod:`klpd_sim.bus`), with the shipped policy."""
     return klpd_sim.bus.start_private_bus(shipped_policy)
@@ -200,7 +201,7 @@ class FakeController:
             return self.snap.state
         return OverallState.CONVERGING
 
-    def plan_preview(
+    async def plan_preview(
         self, *, rescan: bool = False, enable: Sequence[str] = (), disable: Sequence[str] = ()
     ) -> PlanPreview:
         self.calls.append(("plan", f"rescan={rescan} enable={enable} disable={disable}"))

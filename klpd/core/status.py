@@ -187,7 +187,7 @@ class Controller(Protocol):
     async def wait_settled(self, timeout: float) -> OverallState:
         """The state once nothing is left to do, or CONVERGING after ``timeout`` s."""
 
-    def plan_preview(
+    async def plan_preview(
         self, *, rescan: bool = False, enable: Sequence[str] = (), disable: Sequence[str] = ()
     ) -> PlanPreview:
         """What a reconcile would do now (or after rescan/enable/disable); does none of it.

@@ -184,7 +184,9 @@ class ManagerInterface(ServiceInterface):
                 "callers (a rescan walks the whole catalog); try again later"
             )
         try:
-            preview = self._controller.plan_preview(rescan=rescan, enable=enable, disable=disable)
+            preview = await self._controller.plan_preview(
+                rescan=rescan, enable=enable, disable=disable
+            )
         except Exception as e:
             raise to_dbus_error(e, "Plan") from None
         return json.dumps(preview.to_dict(), sort_keys=True)

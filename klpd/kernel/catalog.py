@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,11 +44,17 @@ class ModinfoCache:
     the files actually read. The inode is part of the key because package managers
     install files with the package's mtime: a rebuilt module of the same size, renamed
     into place, keeps (mtime, size) but not the inode.
+
+    Scans run in a worker thread (off the event loop) and may overlap (a reload and a
+    dry run's): the entries are guarded by a lock held only around the dictionary, never
+    while a file is read, so a scan never waits for another one's slow file (at worst
+    both read it).
     """
 
     def __init__(self, reader: Callable[[str], Modinfo] = read_modinfo) -> None:
         self._reader = reader
         self._entries: dict[str, tuple[_FileKey, Modinfo | ModinfoError]] = {}
+        self._lock = threading.Lock()
         self.reads = 0
         self.hits = 0
 
@@ -56,25 +63,31 @@ class ModinfoCache:
 
     def get(self, path: str, key: _FileKey) -> Modinfo:
         """modinfo of ``path``; raises :class:`ModinfoError` (cached like a result)."""
-        entry = self._entries.get(path)
-        if entry is not None and entry[0] == key:
-            self.hits += 1
+        with self._lock:
+            entry = self._entries.get(path)
+            if entry is not None and entry[0] == key:
+                self.hits += 1
+            else:
+                self.reads += 1
+                entry = None
+        if entry is not None:
             result = entry[1]
         else:
-            self.reads += 1
             try:
-                result = self._reader(path)
+                result = self._reader(path)  # outside the lock: it may take a while
             except ModinfoError as e:
                 result = e
-            self._entries[path] = (key, result)
+            with self._lock:
+                self._entries[path] = (key, result)
         if isinstance(result, ModinfoError):
             raise result
         return result
 
     def keep_only(self, paths: set[str]) -> None:
         """Forget files that the last scan did not see (removed, renamed)."""
-        for path in self._entries.keys() - paths:
-            del self._entries[path]
+        with self._lock:
+            for path in self._entries.keys() - paths:
+                del self._entries[path]
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,7 @@ class Control:
                 orch.reporter.set_error(f"configuration reload failed, keeping the old one: {e}")
                 raise ControlFailed(str(e)) from e
         orch.memory.forget_failures()
-        orch.rescan()
+        await orch.rescan_off_loop()
         orch.request_reconcile("reload")
 
     async def enable_patch(self, name: str) -> None:
@@ -76,7 +76,7 @@ class Control:
     async def wait_converged(self, timeout: float) -> bool:
         return await self.wait_settled(timeout) is OverallState.CONVERGED
 
-    def plan_preview(
+    async def plan_preview(
         self, *, rescan: bool = False, enable: Sequence[str] = (), disable: Sequence[str] = ()
     ) -> PlanPreview:
         """What a reconcile would do now (after a rescan, after enable/disable), doing none
@@ -84,7 +84,7 @@ class Control:
         orch, mem = self._orch, self._orch.memory
         catalog, avoid, incompatible = orch.catalog, set(mem.avoided), set(mem.incompatible)
         if rescan:
-            catalog = orch.scan_only()
+            catalog = await orch.scan_only()
             avoid = set()  # what a reload forgets
             incompatible = set(incompatible_modules(catalog, orch.picture.release))
         p = orch.config.patches

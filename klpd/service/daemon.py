@@ -1,4 +1,5 @@
-"""``klpd``: the daemon's entry point and wiring. One asyncio loop, no threads.
+"""``klpd``: the daemon's entry point and wiring. One asyncio loop; catalog scans (file
+reads) run in a worker thread so the loop keeps answering while hostile files are read.
 
 Order at start-up matters for crash-only behaviour: the uevent monitor is armed *before*
 the first reconcile reads sysfs, so a module that comes while we read is seen either in
@@ -137,7 +138,11 @@ class Daemon:
         loop = asyncio.get_running_loop()
         orch = self.orchestrator
         self.control.subscribe(self._on_event)
-        orch.rescan()
+        tasks: list[asyncio.Task[None]] = []
+        interval = self.notifier.watchdog_interval()
+        if interval:  # pinging already while the first scan reads the catalog
+            tasks.append(loop.create_task(self._watchdog(interval), name="watchdog"))
+        await orch.rescan_off_loop()
         self._write_softdeps()
 
         source = UdevSource(
@@ -159,10 +164,7 @@ class Daemon:
         first = orch.plan_now(orch.read_state())
         log.info("start-up: %d actions planned", len(first))
         runner = loop.create_task(orch.run(), name="reconcile")
-        tasks = [runner]
-        interval = self.notifier.watchdog_interval()
-        if interval:
-            tasks.append(loop.create_task(self._watchdog(interval), name="watchdog"))
+        tasks.append(runner)
         self.notifier.ready(status_line(self.control.snapshot()))
 
         stop_wait = loop.create_task(self._stop.wait())

@@ -5,12 +5,17 @@ catalog's modinfo cache: mtime, size, inode), with the struct layout of the runn
 (its BTF), and screens it by :func:`klpd.core.screen.screen`. The orchestrator asks it for
 the refusals after each catalog scan (so status shows them from the start) and again right
 before each load (a file replaced since the scan is read again).
+
+The screening after a scan runs in a worker thread (off the event loop) while the loop may
+ask about one module (before a load): the cache is guarded by a lock held only around the
+dictionary, never while a file is read, so the loop never waits for the worker's files.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -38,12 +43,13 @@ class Inspected:
 
 
 class ModuleInspector:
-    __slots__ = ("_cache", "_layout", "undeterminable")
+    __slots__ = ("_cache", "_layout", "_lock", "undeterminable")
 
     def __init__(self, layout: KlpLayout, undeterminable: Undeterminable) -> None:
         self._layout = layout
         self.undeterminable = undeterminable
         self._cache: dict[str, Inspected] = {}
+        self._lock = threading.Lock()
 
     def inspect(self, pm: PatchModule) -> Inspected:
         try:
@@ -51,14 +57,16 @@ class ModuleInspector:
         except OSError as e:
             return Inspected((0, 0, 0), None, e.strerror or str(e))
         key = (st.st_mtime_ns, st.st_size, st.st_ino)
-        cached = self._cache.get(pm.path)
+        with self._lock:
+            cached = self._cache.get(pm.path)
         if cached is not None and cached.key == key:
             return cached
         try:
             got = Inspected(key, inspect_module(pm.path, self._layout))
         except InspectError as e:
             got = Inspected(key, None, e.reason)
-        self._cache[pm.path] = got
+        with self._lock:
+            self._cache[pm.path] = got
         return got
 
     def verdict(self, pm: PatchModule) -> Verdict:
@@ -73,7 +81,9 @@ class ModuleInspector:
         (a patch is refused as a whole: its main module cannot go without the others'
         guarantees, and a replace module anywhere in it is refused). Warnings are logged."""
         paths = {pm.path for pm in catalog.by_module().values()}
-        self._cache = {p: c for p, c in self._cache.items() if p in paths}
+        with self._lock:
+            for gone in self._cache.keys() - paths:
+                del self._cache[gone]
         out: dict[str, str] = {}
         for pm in sorted(catalog.by_module().values(), key=lambda m: m.module):
             v = self.verdict(pm)

@@ -77,6 +77,7 @@ class Orchestrator:
         self._cache = ModinfoCache()
         self._scan = scan or (lambda dirs, prev: scan_catalog(dirs, prev, self._cache))
         self._stopping = False
+        self._scanning = asyncio.Lock()  # one catalog scan (worker thread) at a time
         self.converged = asyncio.Event()  # set by a pass that ended with nothing to do
         self.counters = Counters()
         self.memory = Memory()
@@ -121,7 +122,32 @@ class Orchestrator:
     # --- inputs: catalog, events ---------------------------------------------------------
 
     def rescan(self) -> Catalog:
-        catalog = self._scan(self._catalog_dirs, self.picture.catalog)
+        """Scan and adopt, here and now (in-process tests, benches). The daemon uses
+        :meth:`rescan_off_loop`."""
+        return self._adopt(*self._scan_and_inspect())
+
+    async def rescan_off_loop(self) -> Catalog:
+        """Scan the catalog and inspect its modules in a worker thread, then adopt the
+        result on the loop: while hostile or slow files are read (up to ~0.5 s each, see
+        docs/security.md), the loop keeps answering D-Bus, udev and the watchdog. Scans
+        are serialised; the caller reconciles after this returns (from the new truth)."""
+        async with self._scanning:
+            dirs, previous = list(self._catalog_dirs), self.picture.catalog
+            found = await asyncio.to_thread(self._scan_and_inspect, dirs, previous)
+        return self._adopt(*found)
+
+    def _scan_and_inspect(
+        self, dirs: Sequence[Path] | None = None, previous: Catalog | None = None
+    ) -> tuple[Catalog, dict[str, str] | None]:
+        """The blocking part of a rescan: reads files and the two file caches (both
+        locked) only, never the orchestrator's state, so it can run in a worker thread."""
+        catalog = self._scan(
+            self._catalog_dirs if dirs is None else dirs,
+            self.picture.catalog if previous is None else previous,
+        )
+        return catalog, self.screening.inspect(catalog)
+
+    def _adopt(self, catalog: Catalog, refusals: dict[str, str] | None) -> Catalog:
         self.picture.catalog = catalog
         for problem in catalog.problems:
             log.warning("catalog: %s: %s", problem.path, problem.message)
@@ -130,13 +156,15 @@ class Orchestrator:
         for module, why in incompatible.items():
             log.warning("%s: %s", module, why, extra={"MODULE": module})
         self.memory.mark_incompatible(incompatible)
-        self.screening.screen(catalog, self.books)
+        self.screening.screen(catalog, self.books, refusals)
         self.reselect()
         return catalog
 
-    def scan_only(self) -> Catalog:
-        """The catalog as a rescan would find it, without adopting it (a dry run's)."""
-        return self._scan(self._catalog_dirs, self.picture.catalog)
+    async def scan_only(self) -> Catalog:
+        """The catalog as a rescan would find it, without adopting it (a dry run's); read
+        in a worker thread like :meth:`rescan_off_loop`."""
+        dirs, previous = list(self._catalog_dirs), self.picture.catalog
+        return await asyncio.to_thread(self._scan, dirs, previous)
 
     def reselect(self) -> None:
         """Which patches are desired, from the configuration, the operator's vetoes and the

@@ -80,18 +80,31 @@ class Screening:
         if self.bootguard is not None:
             self.bootguard.grace_period = config.boot_guard.grace_period
 
-    def screen(self, catalog: Catalog, books: Bookkeeper) -> None:
+    def inspect(self, catalog: Catalog) -> dict[str, str] | None:
+        """Read every module of ``catalog`` (each file version once): patch -> why it is
+        refused. Only reads files and the inspector's cache: it runs in the scan's worker
+        thread, off the event loop. None without an inspector."""
+        return self.inspector.screen_catalog(catalog) if self.inspector is not None else None
+
+    def screen(
+        self,
+        catalog: Catalog,
+        books: Bookkeeper,
+        refusals: Mapping[str, str] | None = None,
+    ) -> None:
         """Inspection refusals (again after every scan: a fixed file lifts its refusal) and
-        the boot guard's quarantine."""
+        the boot guard's quarantine; ``refusals`` as :meth:`inspect` found them (read now
+        when not given)."""
         if self.inspector is not None:
-            refusals = self.inspector.screen_catalog(catalog)
+            if refusals is None:
+                refusals = self.inspector.screen_catalog(catalog)
             for patch, why in self._inspect_refused.items():
                 if refusals.get(patch) != why and self._memory.refused.get(patch) == why:
                     self._memory.unrefuse(patch)
             for patch, why in refusals.items():
                 what = "atomic-replace" if REPLACE_PREFIX in why else "inspection"
                 books.refuse(Refusal(patch, why, what=what))
-            self._inspect_refused = refusals
+            self._inspect_refused = dict(refusals)
         if self.bootguard is not None:
             for module, q in self.bootguard.quarantined.items():
                 self._memory.quarantine(module, q.reason)

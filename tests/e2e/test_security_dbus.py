@@ -253,11 +253,11 @@ async def test_blocking_tasks_walked_once_and_stacks_only_for_root(
 class CountingPlans(FakeController):
     rescans = 0
 
-    def plan_preview(
+    async def plan_preview(
         self, *, rescan: bool = False, enable: Sequence[str] = (), disable: Sequence[str] = ()
     ) -> PlanPreview:
         self.rescans += rescan
-        return super().plan_preview(rescan=rescan, enable=enable, disable=disable)
+        return await super().plan_preview(rescan=rescan, enable=enable, disable=disable)
 
 
 async def test_plan_rescans_are_throttled_for_nobody(
