@@ -18,6 +18,7 @@ import queue
 import struct
 import threading
 import time
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
@@ -104,7 +105,7 @@ async def test_describe_is_answered_during_a_scan_of_hostile_files(tmp_path: Pat
         }
     )
 
-    def scan(dirs: list[Path], previous: Catalog) -> Catalog:
+    def scan(dirs: Sequence[Path], previous: Catalog) -> Catalog:
         return scan_catalog(dirs, previous, cache)
 
     orch = Orchestrator(config, port=FakeKernel(release=RELEASE), scan=scan)
