@@ -84,7 +84,7 @@ class Control:
         orch, mem = self._orch, self._orch.memory
         catalog, avoid, incompatible = orch.catalog, set(mem.avoided), set(mem.incompatible)
         if rescan:
-            catalog = await orch.scan_only()
+            catalog = await orch.scanner.catalog_only(orch.catalog)
             avoid = set()  # what a reload forgets
             incompatible = set(incompatible_modules(catalog, orch.picture.release))
         p = orch.config.patches

@@ -21,14 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from klpd.core.model import Action, ActionKind, Catalog, KernelState
 from klpd.core.observe import objects_coming, unsettled
 from klpd.core.planner import plan, select_desired
 from klpd.core.status import Counters
-from klpd.kernel.catalog import ModinfoCache, scan_catalog, vermagic_matches
+from klpd.kernel.catalog import vermagic_matches
 from klpd.service.arming import Arming
 from klpd.service.bookkeeper import Bookkeeper, LoadHook
 from klpd.service.bootguard import BootGuard
@@ -41,6 +41,7 @@ from klpd.service.overrides import Overrides
 from klpd.service.port import KernelPort, SysfsPort
 from klpd.service.reporter import Picture, Reporter
 from klpd.service.retry import Retry
+from klpd.service.scanner import ScanFn, Scanner
 from klpd.service.screening import Screening
 from klpd.service.transition import TransitionWatcher
 
@@ -65,7 +66,7 @@ class Orchestrator:
         *,
         port: KernelPort | None = None,
         hooks: Sequence[LoadHook] = (),
-        scan: Callable[[Sequence[Path], Catalog], Catalog] | None = None,
+        scan: ScanFn | None = None,
         inspector: ModuleInspector | None = None,
         bootguard: BootGuard | None = None,
     ) -> None:
@@ -74,10 +75,7 @@ class Orchestrator:
         release = config.kernel.read_release()
         self._own_port = SysfsPort(config.kernel, release, config.retry.modprobe_timeout)
         self._port: KernelPort = port or self._own_port
-        self._cache = ModinfoCache()
-        self._scan = scan or (lambda dirs, prev: scan_catalog(dirs, prev, self._cache))
         self._stopping = False
-        self._scanning = asyncio.Lock()  # one catalog scan (worker thread) at a time
         self.converged = asyncio.Event()  # set by a pass that ended with nothing to do
         self.counters = Counters()
         self.memory = Memory()
@@ -85,6 +83,7 @@ class Orchestrator:
         self.picture = Picture(release=release, state=KernelState(release=release))
         self.reporter = Reporter(self.picture, self.memory, self._port, self.counters)
         self.screening = Screening(inspector, bootguard, self.memory, self.reporter)
+        self.scanner = Scanner(self.screening, scan)
         hooks = self.screening.around(hooks)
         self._arming = Arming(self.request_reconcile)  # softdep pre-armed P__m (arming.py)
         self.books = Bookkeeper(self.memory, self.guard, self.reporter, self.counters, hooks)
@@ -103,7 +102,7 @@ class Orchestrator:
         self.picture.release = release
         self.executor.retry = Retry.from_config(config.retry)
         self.executor.transition = config.transition
-        self._catalog_dirs = [Path(d) for d in config.catalog.resolve(release)]
+        self.scanner.directories = [Path(d) for d in config.catalog.resolve(release)]
         self.overrides.path = Path(config.state.directory) / "overrides.json"
         self.screening.configure(config)
 
@@ -122,30 +121,12 @@ class Orchestrator:
     # --- inputs: catalog, events ---------------------------------------------------------
 
     def rescan(self) -> Catalog:
-        """Scan and adopt, here and now (in-process tests, benches). The daemon uses
-        :meth:`rescan_off_loop`."""
-        return self._adopt(*self._scan_and_inspect())
+        """Scan and adopt here and now (in-process tests, benches)."""
+        return self._adopt(*self.scanner.scan(self.picture.catalog))
 
     async def rescan_off_loop(self) -> Catalog:
-        """Scan the catalog and inspect its modules in a worker thread, then adopt the
-        result on the loop: while hostile or slow files are read (up to ~0.5 s each, see
-        docs/security.md), the loop keeps answering D-Bus, udev and the watchdog. Scans
-        are serialised; the caller reconciles after this returns (from the new truth)."""
-        async with self._scanning:
-            dirs, previous = list(self._catalog_dirs), self.picture.catalog
-            found = await asyncio.to_thread(self._scan_and_inspect, dirs, previous)
-        return self._adopt(*found)
-
-    def _scan_and_inspect(
-        self, dirs: Sequence[Path] | None = None, previous: Catalog | None = None
-    ) -> tuple[Catalog, dict[str, str] | None]:
-        """The blocking part of a rescan: reads files and the two file caches (both
-        locked) only, never the orchestrator's state, so it can run in a worker thread."""
-        catalog = self._scan(
-            self._catalog_dirs if dirs is None else dirs,
-            self.picture.catalog if previous is None else previous,
-        )
-        return catalog, self.screening.inspect(catalog)
+        """Scan in a worker thread (:mod:`~klpd.service.scanner`), adopt on the loop."""
+        return self._adopt(*await self.scanner.off_loop(self.picture.catalog))
 
     def _adopt(self, catalog: Catalog, refusals: dict[str, str] | None) -> Catalog:
         self.picture.catalog = catalog
@@ -159,12 +140,6 @@ class Orchestrator:
         self.screening.screen(catalog, self.books, refusals)
         self.reselect()
         return catalog
-
-    async def scan_only(self) -> Catalog:
-        """The catalog as a rescan would find it, without adopting it (a dry run's); read
-        in a worker thread like :meth:`rescan_off_loop`."""
-        dirs, previous = list(self._catalog_dirs), self.picture.catalog
-        return await asyncio.to_thread(self._scan, dirs, previous)
 
     def reselect(self) -> None:
         """Which patches are desired, from the configuration, the operator's vetoes and the
