@@ -59,6 +59,16 @@ def incompatible_modules(catalog: Catalog, release: str) -> dict[str, str]:
     return out
 
 
+def _told(catalog: Catalog, release: str) -> dict[str, str]:
+    """A new catalog's problems and incompatible modules, logged; the latter returned."""
+    for problem in catalog.problems:
+        log.warning("catalog: %s: %s", problem.path, problem.message)
+    incompatible = incompatible_modules(catalog, release)
+    for module, why in incompatible.items():
+        log.warning("%s: %s", module, why, extra={"MODULE": module})
+    return incompatible
+
+
 class Orchestrator:
     def __init__(
         self,
@@ -130,13 +140,8 @@ class Orchestrator:
 
     def _adopt(self, catalog: Catalog, refusals: dict[str, str] | None) -> Catalog:
         self.picture.catalog = catalog
-        for problem in catalog.problems:
-            log.warning("catalog: %s: %s", problem.path, problem.message)
         self.executor.managed = frozenset(catalog.by_module())
-        incompatible = incompatible_modules(catalog, self.picture.release)
-        for module, why in incompatible.items():
-            log.warning("%s: %s", module, why, extra={"MODULE": module})
-        self.memory.mark_incompatible(incompatible)
+        self.memory.mark_incompatible(_told(catalog, self.picture.release))
         self.screening.screen(catalog, self.books, refusals)
         self.reselect()
         return catalog
