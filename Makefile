@@ -34,6 +34,7 @@ lint: setup
 
 bench: setup
 	$(PY) bench/catalog_scan.py
+	$(PY) bench/scan_loop_block.py
 	$(PY) bench/action_cost.py
 	$(PY) bench/event_latency.py
 	$(PY) bench/burst_converge.py

@@ -6,8 +6,9 @@ For each compression, a file whose section headers sit just below ``MAX_IMAGE_BY
 klpd decompress as much as it ever will; the filling is zeros (the cheapest to inflate),
 random bytes (stored blocks) and text-like bytes (real compression work). Baseline in the
 same run: ``read_modinfo`` of an ordinary 48 KB livepatch module. Prints seconds and peak
-traced memory per file; the scan blocks the event loop for about that per new or changed
-hostile file (unchanged files come from the ModinfoCache).
+traced memory per file; a scan spends about that per new or changed hostile file, in its
+worker thread (the event loop is not held: bench/scan_loop_block.py); unchanged files come
+from the ModinfoCache.
 """
 
 from __future__ import annotations
