@@ -29,10 +29,15 @@ step lpa.applied wait_patches 180 lpa__vmlinux
 step lpa.wait klpctl wait --timeout 120
 step lpa.grace sleep 6
 step lpa.record cat "$STATE/bootguard.json"
-step config.lpb config 'desired = ["lpa", "lpb"]'
+# lpb's grace period is long: its record stays open until the crash.
+step config.lpb write_klpd_config "$CFG" '[state]' "directory = \"$STATE\"" '[boot_guard]' \
+	'grace_period = 120.0' '[patches]' 'desired = ["lpa", "lpb"]'
 kill -HUP "$klpd_pid"
 step lpb.applied wait_patches 180 lpb__vmlinux
-# No step between: the record is read back and the guest crashed right away.
+# Past ext4's 5 s commit interval before the crash: in one of two runs a record written
+# (and fsynced) ~3 s before the panic was not on the disk in the next boot; see
+# /work/notes/inspect.md. The crash itself: no step between, sysrq c.
+sleep 6
 cat "$STATE/bootguard.json" >"$KLPD_OUT/record-before-crash"
 sync "$KLPD_OUT/record-before-crash"
 echo c >/proc/sysrq-trigger
