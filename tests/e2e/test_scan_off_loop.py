@@ -26,6 +26,8 @@ from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 from dbus_helpers import start_private_bus
 from fakekernel import FakeKernel
+from klpd_harness import KlpdProcess
+from klpd_sim.harness import SimKernel
 from klpd_sim.kofile import elf_relocatable, modinfo_bytes
 
 from klpd.core.model import Catalog
@@ -139,3 +141,30 @@ async def test_describe_is_answered_during_a_scan_of_hostile_files(tmp_path: Pat
     problems = {Path(p.path).name for p in orch.catalog.problems}
     assert problems == set(seen)  # each bomb is one catalog problem, as before
     print(f"Describe during the scan: {len(latencies)} calls, worst {max(latencies):.3f} s")
+
+
+def test_watchdog_pings_while_the_first_scan_reads_hostile_files(
+    sim: SimKernel, tmp_path: Path
+) -> None:
+    """The real daemon on the simulated kernel, under a watchdog (WATCHDOG_USEC as systemd
+    sets it), with hostile files in its catalog: it pings from the loop while its first
+    scan reads them, before READY=1 (until now the pinging began only after the scan; ~60
+    such files would have outlasted WatchdogSec=30s, and the restart would scan them again)."""
+    extra = sim.module_dir / "extra"
+    extra.mkdir(parents=True, exist_ok=True)
+    for i in range(HOSTILE):
+        bomb(extra / f"lphostile{i}__vmlinux.ko.xz")
+    k = KlpdProcess(
+        sim, tmp_path, {"patches": {"desired": ["lpa"]}}, env={"WATCHDOG_USEC": "200000"}
+    )
+    try:
+        k.start()
+        messages = k.drain()
+        ready = next(i for i, m in enumerate(messages) if "READY=1" in m.splitlines())
+        pings = sum("WATCHDOG=1" in m.splitlines() for m in messages[:ready])
+        assert pings >= 1, messages[: ready + 1]
+        assert k.log().count("cannot read modinfo") == HOSTILE
+        k.wait_state("converged", 60)
+        print(f"watchdog pings before READY=1 (first scan, {HOSTILE} hostile files): {pings}")
+    finally:
+        k.close()
