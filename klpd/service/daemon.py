@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -134,6 +135,25 @@ class Daemon:
             self.notifier.watchdog()
             await asyncio.sleep(interval / 2)
 
+    async def _stay_on_bus(self) -> None:
+        """dbus-daemon went away (restarted, crashed): the kernel work goes on from udev
+        events meanwhile, nothing is unloaded, and klpd connects again (every second) once
+        the bus is back."""
+        from klpd.dbus.service import start_dbus
+
+        while True:
+            if self._dbus is not None:
+                with contextlib.suppress(Exception):  # how it ended does not matter
+                    await self._dbus.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]  # dbus_fast: untyped
+                log.warning("lost the D-Bus connection; orchestrating on, reconnecting")
+                self._dbus = None
+            try:
+                self._dbus = await start_dbus(self.control, self.config.dbus.bus)
+                log.info("back on the bus %s", self.config.dbus.bus)
+            except Exception as e:  # not back yet
+                log.debug("bus not back yet: %s", e)
+                await asyncio.sleep(1.0)
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         orch = self.orchestrator
@@ -156,6 +176,7 @@ class Daemon:
             from klpd.dbus.service import start_dbus
 
             self._dbus = await start_dbus(self.control, self.config.dbus.bus)
+            tasks.append(loop.create_task(self._stay_on_bus(), name="bus"))
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
