@@ -165,6 +165,10 @@ class VirtualClock:
 
     def __init__(self) -> None:
         self.now = 0.0
+        self.in_flight = 0  # worker-thread jobs not done yet
+
+    def _done(self) -> None:
+        self.in_flight -= 1
 
     def monotonic(self) -> float:
         return self.now
@@ -179,12 +183,27 @@ class VirtualClock:
         real_select = selector.select
 
         def select(timeout: float | None = None) -> list[Any]:
+            if self.in_flight:  # a worker thread (e.g. a catalog scan): wait for it really,
+                # with virtual time standing still
+                return real_select(None if timeout is None else min(timeout, 0.05))
             if timeout is not None and timeout > 0:
                 self.now += timeout
-            elif timeout is None:
-                raise RuntimeError("the loop would wait forever: nothing is scheduled")
+            elif timeout is None:  # only real I/O can wake the loop (e.g. its shutdown)
+                events = real_select(10.0)
+                if not events:
+                    raise RuntimeError("the loop would wait forever: nothing is scheduled")
+                return events
             return real_select(0)
 
-        # the loop reads the clock and waits through these two: replace both
-        loop.time = self.monotonic  # type: ignore[method-assign]
-        selector.select = select  # type: ignore[method-assign]  # (see above)
+        real_executor = loop.run_in_executor
+
+        def run_in_executor(executor: Any, func: Callable[..., Any], *args: Any) -> Any:
+            future = real_executor(executor, func, *args)
+            self.in_flight += 1
+            future.add_done_callback(lambda _: self._done())
+            return future
+
+        # the loop reads the clock, waits, and runs worker threads through these: replace them
+        loop.run_in_executor = run_in_executor  # type: ignore[method-assign,assignment]  # above
+        loop.time = self.monotonic  # type: ignore[method-assign]  # the comment above
+        selector.select = select  # type: ignore[method-assign]  # the comment above
