@@ -674,7 +674,9 @@ def test_klpd_converges_after_sigkill_mid_upgrade(more_steps: dict[str, Step]) -
     # killed mid-plan: v1 not retired yet (how much of v2 was loaded by then depends on how
     # fast the guest's log poll saw the first load under TCG: one or both modules)
     at_kill = more_steps["kill.sigkill"]["livepatch"]
-    assert set(at_kill) >= V1 and set(at_kill) & V2, at_kill
+    # mid-plan: some of v1 not retired yet, some of v2 loaded (on 7.3, transitions of
+    # ~0.2 s let klpd retire lpa__klpd_target before the kill)
+    assert set(at_kill) & V1 and set(at_kill) & V2, at_kill
     for name in ("restart.applied", "restart.retired", "restart.wait"):
         assert more_steps[name]["rc"] == 0, (name, out(more_steps[name]))
     final = more_steps["restart.value"]
