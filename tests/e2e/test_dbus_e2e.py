@@ -152,13 +152,3 @@ def test_malformed_arguments_get_typed_errors(bus: PrivateBus, served: KlpdProce
     assert "Error io.github.Klpd1.Error.UnknownPatch" in r.stderr
     r = ctl(bus, "show", "-rf")
     assert r.returncode == 6 and "Traceback" not in r.stderr
-
-
-def test_klpd_exits_nonzero_when_the_bus_goes_away(bus: PrivateBus, served: KlpdProcess) -> None:
-    """`systemctl restart dbus` in the Debian 13 guest left klpd running but unreachable:
-    now it exits 1 (patches untouched) and Restart=on-failure brings it back on the bus."""
-    bus.stop()
-    proc = served.proc
-    assert proc is not None
-    assert proc.wait(timeout=60) == 1
-    assert "lost the D-Bus connection" in served.log()
