@@ -97,8 +97,8 @@ target = "stderr"
             )
         procs.append(daemon)
         # sd_notify, as systemd would see it: READY=1 once the bus name is owned, the
-        # uevent monitor armed and the first reconcile planned.
-        notify.settimeout(60)
+        # uevent monitor armed and the first reconcile settled (or policy.ready_timeout).
+        notify.settimeout(90)
         while b"READY=1" not in notify.recv(4096):
             pass
         notify.settimeout(None)

@@ -78,6 +78,8 @@ class KlpdProcess:
                 "state": {"directory": str(workdir / "state")},
                 "metrics": {"textfile": str(self.metrics)},
                 "transition": {"poll_interval": 0.02, "stall_timeout": 2.0},
+                # Tests wait for READY=1 and then watch klpd work; test_ready_* sets it.
+                "policy": {"ready_timeout": 0},
                 "retry": {"ebusy_backoff": 0.05, "modprobe_timeout": 30.0},
                 "logging": {"level": "debug", "target": "stderr"},
             },

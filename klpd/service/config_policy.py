@@ -97,6 +97,16 @@ class PolicyConfig(_Section):
             "module's memory); `remove` disables and unloads it (the POC's rule)."
         ),
     )
+    ready_timeout: float = Field(
+        default=60.0,
+        ge=0,
+        description=(
+            "Seconds klpd waits at start-up for its first reconcile to settle before it "
+            "reports READY=1, so that what is ordered after klpd (`network-pre.target`) "
+            "starts with the patches applied; after that READY=1 is sent anyway (still "
+            "converging). 0 reports ready as soon as the bus name is owned."
+        ),
+    )
 
 
 class TransitionConfig(_Section):

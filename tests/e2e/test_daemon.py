@@ -410,3 +410,32 @@ def test_undeclared_replace_patch_is_named_refused_and_wiped_patches_restored(
     assert applied(sim) == {"lpa__vmlinux", "lpa__ext4"}
     assert "lpvendor__vmlinux" not in loaded(sim)
     assert "were replaced by an atomic-replace patch (lpvendor__vmlinux)" in k.log()
+
+
+def test_ready_only_once_the_first_reconcile_applied_the_patches(
+    sim: SimKernel, make_klpd: MakeKlpd
+) -> None:
+    """In the Debian 13 guest READY=1 came at once and network-pre.target passed ~90 s
+    before the patches were applied: READY=1 now waits for the first reconcile."""
+    sim.modprobe("ext4")
+    sim.modprobe("klpd_target")
+    k = make_klpd({**LPA, "policy": {"ready_timeout": 60.0}}).start()  # returns at READY=1
+    assert applied(sim) == {"lpa__vmlinux", "lpa__ext4", "lpa__klpd_target"}
+    ready = next(m for m in k.drain() if "READY=1" in m.splitlines())
+    assert "STATUS=converged" in ready
+
+
+def test_ready_after_ready_timeout_when_the_first_reconcile_cannot_settle(
+    sim: SimKernel, make_klpd: MakeKlpd
+) -> None:
+    sim.modprobe("ext4")
+    sim.stall("ext4", comm="sleepy-writer")
+    overrides: dict[str, dict[str, Any]] = {
+        **LPA,
+        "policy": {"ready_timeout": 3.0},
+        "transition": {"poll_interval": 0.02, "stall_timeout": 60.0, "on_stall": "wait"},
+    }
+    k = make_klpd(overrides).start()  # a stalled lpa__ext4 must not hold READY=1 forever
+    ready = next(m for m in k.drain() if "READY=1" in m.splitlines())
+    assert "STATUS=converging" in ready
+    assert (sim.livepatch_dir / "lpa__ext4/transition").read_text().strip() == "1"

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULTS: dict[str, dict[str, Any]] = {
     "catalog": {"directories": []},
     "patches": {"desired": [], "exclude": [], "pin": {}},
-    "policy": {"on_object_removed": RemovalPolicy.KEEP},
+    "policy": {"on_object_removed": RemovalPolicy.KEEP, "ready_timeout": 60.0},
     "transition": {
         "poll_interval": 0.1,
         "stall_timeout": 15.0,
@@ -187,6 +187,7 @@ BAD: list[tuple[str, str, str, str]] = [
     ("patches", "pin", '{ "bad name" = 1 }', "only letters"),
     ("patches", "pin", "[1]", "valid dictionary"),
     ("policy", "on_object_removed", '"drop"', "'keep' or 'remove'"),
+    ("policy", "ready_timeout", "-1", "greater than or equal to 0"),
     ("transition", "poll_interval", "0", "greater than 0"),
     ("transition", "poll_interval", "-0.5", "greater than 0"),
     ("transition", "poll_interval", '"0.1"', "valid number"),
