@@ -143,8 +143,10 @@ class Daemon:
 
         while True:
             if self._dbus is not None:
+                # Shielded: dbus-fast hands every waiter one shared future, and cancelling
+                # this task at stop would cancel it under DbusService.close() (exit 1).
                 with contextlib.suppress(Exception):  # how it ended does not matter
-                    await self._dbus.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]  # dbus_fast: untyped
+                    await asyncio.shield(self._dbus.bus.wait_for_disconnect())  # type: ignore[no-untyped-call]  # dbus_fast: untyped
                 log.warning("lost the D-Bus connection; orchestrating on, reconnecting")
                 self._dbus = None
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -152,3 +153,17 @@ def test_malformed_arguments_get_typed_errors(bus: PrivateBus, served: KlpdProce
     assert "Error io.github.Klpd1.Error.UnknownPatch" in r.stderr
     r = ctl(bus, "show", "-rf")
     assert r.returncode == 6 and "Traceback" not in r.stderr
+
+
+def test_sigterm_on_the_bus_exits_0_and_keeps_the_patches(
+    sim: SimKernel, served: KlpdProcess
+) -> None:
+    """The real-kernel 6.1 run: klpd on a bus exited 1 at SIGTERM — cancelling the task that
+    watched for bus loss cancelled dbus-fast's shared disconnect future, and close() then
+    raised CancelledError."""
+    proc = served.proc
+    assert proc is not None
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, served.log()[-3000:]
+    assert "CancelledError" not in served.log()
+    assert applied(sim) == {"lpa__vmlinux", "lpa__ext4"}
