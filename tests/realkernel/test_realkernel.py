@@ -35,7 +35,11 @@ KLPD_BASIC = REALKERNEL / "scenarios" / "klpd_basic.sh"
 KLPD_FAILURES = REALKERNEL / "scenarios" / "klpd_failures.sh"
 KLPD_MORE = REALKERNEL / "scenarios" / "klpd_more.sh"
 # kernel_facts last: its forced unpatching leaves lpstall__klpd_target unremovable.
+KLPD_FLEET = REALKERNEL / "scenarios" / "klpd_fleet.sh"
 SCENARIOS = [KLPD_BASIC, KLPD_FAILURES, KLPD_MORE, KERNEL_FACTS]
+# The fleet playbook runs on one line: the playbook is userspace over klpctl, and each run
+# costs minutes of TCG. 6.1 is the line the rest of the suite started on.
+FLEET_LINE = "6.1"
 
 
 def _load_vm() -> ModuleType:
@@ -66,7 +70,8 @@ def _run_line(name: str, results: Path, session: str) -> Trace:
     else:
         build = vm.prepare(line)
         t0 = time.monotonic()
-        run = vm.run_guest(SCENARIOS, build=build, results_dir=results, timeout=3000)
+        scenarios = SCENARIOS + ([KLPD_FLEET] if name == FLEET_LINE else [])
+        run = vm.run_guest(scenarios, build=build, results_dir=results, timeout=3000)
     result: Trace = vm.read_trace(run)
     result["line"] = name
     result["accel"] = f"-accel {line.accel} -smp {line.smp}"
@@ -766,3 +771,26 @@ def test_klpd_says_which_version_runs_where_the_kernel_shows_stack_order(
     assert more_steps["restart.value"]["stdout"] == "lpa_v2\n"  # the value read agrees
     show = more_steps["dbus.show"]["stdout"]
     assert "klpd_target:klpd_target_value,1: live" in show, show
+
+
+def test_fleet_rollout_rolls_a_failing_patch_back_on_the_real_kernel(
+    line_runs: dict[str, Trace | Exception],
+) -> None:
+    """The klpd.fleet rolling playbook in the guest against the guest itself: lpbad fails
+    the gate (lpbad__klpd_target: EINVAL), is rolled back, the rollout stops there."""
+    assert FLEET_LINE in line_runs, f"KLPD_LINES must include {FLEET_LINE} for the fleet run"
+    got = line_runs[FLEET_LINE]
+    if isinstance(got, Exception):
+        raise got
+    steps = _steps(got, "klpd_fleet")
+    bad = steps["fleet.bad"]
+    assert bad["rc"] == 2, bad["stdout"][-4000:]  # ansible-playbook: a host failed
+    assert "the rollout stops here" in bad["stdout"], bad["stdout"][-4000:]
+    report = json.loads(steps["fleet.bad.report"]["stdout"])
+    assert report["rolled_back"] == ["localhost"] and report["changed"] == [], report
+    error = report["errors"]["localhost"]
+    assert "klpd is degraded" in error and "'lpbad__klpd_target': Invalid argument" in error
+    status = json.loads(steps["status"]["stdout"])
+    assert status["state"] == "converged", status  # lpbad's failure is history now
+    by_name = {p["name"]: p["status"] for p in status["patches"]}
+    assert by_name == {"lpa": "applied", "lpbad": "disabled"}, by_name
