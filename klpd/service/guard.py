@@ -43,7 +43,7 @@ class ReplaceGuard:
     __slots__ = ("applied_seen", "loaded_by_us", "replace_seen")
 
     def __init__(self) -> None:
-        self.applied_seen: set[str] = set()  # enabled at the last look
+        self.applied_seen: set[str] = set()  # enabled, out of transition, at the last look
         # this process's own loads, still applied, oldest first (a dict: an ordered set)
         self.loaded_by_us: dict[str, None] = {}
         self.replace_seen: set[str] = set()  # known atomic-replace patches, enabled
@@ -86,7 +86,10 @@ class ReplaceGuard:
             pm = managed.get(name)
             if pm is not None and pm.patch not in refused:
                 refusals.append(Refusal(pm.patch, f"{name} is an applied atomic-replace patch"))
-        self.applied_seen = enabled
+        # Only patches whose transition has ended: an atomic-replace patch wipes those, and
+        # a patch still in transition may be reverted (a stall policy: ours or an admin's)
+        # — it then vanishes with no replace patch anywhere (the soak found this).
+        self.applied_seen = {n for n in enabled if not state.livepatches[n].transition}
         self.replace_seen = known
         return Findings(_unique(refusals), message, frozenset(known))
 

@@ -73,6 +73,25 @@ def test_guard_a_disable_of_ours_is_no_wipe() -> None:
     assert g.observe(state(stale=["lpa__vmlinux"]), MANAGED, ()).wipe == ""
 
 
+def test_guard_a_reverted_transition_is_no_wipe() -> None:
+    # lpa__vmlinux seen enabled while its transition ran; the stall policy reverts it.
+    from dataclasses import replace
+
+    s = state(applied=["lpa__vmlinux", "lpb__vmlinux"])
+    lp = s.livepatches["lpa__vmlinux"]
+    s = KernelState(
+        s.release, s.modules, {**s.livepatches, "lpa__vmlinux": replace(lp, transition=True)}
+    )
+    g = ReplaceGuard()
+    g.observe(s, MANAGED, ())
+    f = g.observe(state(applied=["lpb__vmlinux"], stale=["lpa__vmlinux"]), MANAGED, ())
+    assert f.wipe == "" and f.refusals == ()
+    # the same patch vanishing once its transition had ended is a wipe
+    g.observe(state(applied=["lpa__vmlinux", "lpb__vmlinux"]), MANAGED, ())
+    f = g.observe(state(applied=["lpb__vmlinux"], stale=["lpa__vmlinux"]), MANAGED, ())
+    assert "lpa__vmlinux were replaced" in f.wipe
+
+
 def test_guard_sysfs_replace_attribute() -> None:
     s = state(applied=["lpv__vmlinux"])
     lp = s.livepatches["lpv__vmlinux"]
