@@ -119,6 +119,7 @@ class World:
         self.task: asyncio.Task[None] | None = None
         self.config = Config()
         self._covered: dict[tuple[str, str], bool] = {}
+        self._wanted: set[tuple[str, str]] = set()  # as klpd desired when last alive
         self._resyncs_at_check = 0
         start = self.kernel._start_transition
 
@@ -192,12 +193,15 @@ class World:
             self.orch.module_removed(module)
 
     def _changed(self) -> None:
-        """After every change of the kernel: no object of a desired series unpatched."""
+        """After every change of the kernel: no object of a desired series unpatched. Sampled
+        while klpd is dead too (the kernel keeps its patches; the soak found a stale sample
+        when an object left and came back while klpd was down)."""
         orch = self.orch
-        if orch is None:
-            return
-        # (series, object) pairs the desired version of a series ships a module for
-        wanted = {(series_of(p), o) for p in orch.desired for o in orch.catalog.patches[p].modules}
+        if orch is not None:
+            # (series, object) pairs the desired version of a series ships a module for
+            self._wanted = {
+                (series_of(p), o) for p in orch.desired for o in orch.catalog.patches[p].modules
+            }
         now: dict[tuple[str, str], bool] = {}
         tr = self.kernel.transition
         for p in self.kernel.patches.values():
@@ -209,11 +213,17 @@ class World:
                     now[(series, o.name)] = True
         for key, was in self._covered.items():
             series, obj = key
-            if was and not now.get(key) and key in wanted and self.kernel.loaded(obj):
+            if was and not now.get(key) and key in self._wanted and self._live(obj):
                 self.violations.append(f"{obj} lost the {series} series' patch")
                 self.first_violation = min(self.first_violation, self.fig.steps)
         self.fig.upgrade_samples += len(now)
         self._covered = now
+
+    def _live(self, obj: str) -> bool:
+        """Its code can run patched: vmlinux, or a module past klp_module_coming() (the
+        kernel's klp_alive) and not yet going."""
+        m = self.kernel.modules.get(obj)
+        return obj == "vmlinux" or (m is not None and m.initstate == "live")
 
     # --- steps ---------------------------------------------------------------------------
 
