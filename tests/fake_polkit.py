@@ -4,6 +4,7 @@ No ``from __future__ import annotations`` here, as in klpd.dbus.service: dbus-fa
 (Debian 13's) reads a member's signature from the annotation's value.
 """
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from dbus_fast.aio import MessageBus
@@ -30,15 +31,22 @@ else:
 
 
 class FakePolkit(ServiceInterface):
-    """``org.freedesktop.PolicyKit1.Authority.CheckAuthorization`` with a set verdict."""
+    """``org.freedesktop.PolicyKit1.Authority.CheckAuthorization`` with a set verdict.
 
-    def __init__(self, allow: bool) -> None:
+    A slow polkit: clear :attr:`answering` and every check waits (counted in
+    :attr:`pending`) until it is set again; ``delay`` adds seconds to every answer."""
+
+    def __init__(self, allow: bool, delay: float = 0.0) -> None:
         super().__init__("org.freedesktop.PolicyKit1.Authority")
         self.allow = allow
+        self.delay = delay
         self.checks: list[tuple[str, str, int]] = []
+        self.answering = asyncio.Event()
+        self.answering.set()
+        self.pending = 0
 
     @dbus_method()
-    def CheckAuthorization(
+    async def CheckAuthorization(
         self,
         subject: Subject,
         action_id: DBusStr,
@@ -48,12 +56,21 @@ class FakePolkit(ServiceInterface):
     ) -> PolkitResult:
         kind, props = subject
         self.checks.append((f"{kind}:{props['name'].value}", action_id, flags))
+        self.pending += 1
+        try:
+            await self.answering.wait()
+            if self.delay:
+                await asyncio.sleep(self.delay)  # a slow authority, not a synchronisation
+        finally:
+            self.pending -= 1
         return (self.allow, False, {})
 
 
-async def start_fake_polkit(address: str, allow: bool) -> tuple[MessageBus, FakePolkit]:
+async def start_fake_polkit(
+    address: str, allow: bool, delay: float = 0.0
+) -> tuple[MessageBus, FakePolkit]:
     bus = await MessageBus(bus_address=address).connect()
-    authority = FakePolkit(allow)
+    authority = FakePolkit(allow, delay)
     bus.export("/org/freedesktop/PolicyKit1/Authority", authority)
     await bus.request_name("org.freedesktop.PolicyKit1")
     return bus, authority

@@ -210,6 +210,16 @@ class KlpdProcess:
         self.notify.shutdown(socket.SHUT_RDWR)
         self.notify.close()
 
+    def memory_kib(self) -> dict[str, int]:
+        """The running klpd's ``VmRSS`` and ``VmHWM`` (peak RSS), in KiB, from /proc."""
+        wanted = ("VmRSS:", "VmHWM:")
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return {
+            line.split(":")[0]: int(line.split()[1])
+            for line in status.splitlines()
+            if line.startswith(wanted)
+        }
+
     def log(self) -> str:
         try:
             return self.log_path.read_text()

@@ -46,6 +46,19 @@ def normalise(name: str) -> str:
     return name.replace("-", "_")
 
 
+# A refused name is quoted in the message at most this long: the message goes back to
+# whoever sent the name (a D-Bus caller, whose reply must stay under the bus's message size
+# limit) and to the journal.
+SHOWN_MAX = 64
+
+
+def shown(name: str) -> str:
+    """``name`` quoted for a message, its start only if it is long."""
+    if len(name) <= SHOWN_MAX:
+        return repr(name)
+    return f"{name[:SHOWN_MAX]!r}... ({len(name)} characters)"
+
+
 def validate_module_name(name: str, *, where: str = "") -> str:
     """Return the normalised name or raise :class:`NameError_` saying what is wrong."""
     origin = f" ({where})" if where else ""
@@ -54,7 +67,7 @@ def validate_module_name(name: str, *, where: str = "") -> str:
     norm = normalise(name)
     if len(norm.encode()) > MODULE_NAME_MAX:
         raise NameError_(
-            f"module name {name!r} is {len(norm.encode())} bytes, the kernel allows "
+            f"module name {shown(name)} is {len(norm.encode())} bytes, the kernel allows "
             f"{MODULE_NAME_MAX}{origin}"
         )
     if name.startswith("-"):

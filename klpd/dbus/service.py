@@ -34,7 +34,7 @@ from dbus_fast.service import signal as dbus_signal
 import klpd
 from klpd.core.status import Controller, Event, EventKind
 from klpd.dbus import names
-from klpd.dbus.calls import record_call, served_call
+from klpd.dbus.calls import record_call, refuse_oversized, served_call
 from klpd.dbus.convert import (
     patch_to_wire,
     plan_options,
@@ -330,6 +330,7 @@ async def start_dbus(controller: Controller, bus: str) -> DbusService:
     """Connect to ``bus``, export the Manager object and own ``io.github.Klpd1``."""
     msgbus = await connect_bus(bus)
     interface = ManagerInterface(controller, msgbus)
+    msgbus.add_message_handler(refuse_oversized)
     msgbus.add_message_handler(record_call)
     msgbus.export(names.OBJECT_PATH, interface)
     service = DbusService(msgbus, interface)

@@ -1,11 +1,16 @@
-"""Slots: the per-uid/per-connection bounds and the reserve for root and polkit."""
+"""Slots: the per-uid/per-connection bounds and the reserve for root and polkit; the bound
+on a call's arguments."""
 
 from __future__ import annotations
 
 from contextlib import ExitStack
 
 import pytest
+from dbus_fast import Message, MessageFlag, Variant
 
+from klpd.core.names import NameError_, shown, validate_patch_name
+from klpd.dbus import names
+from klpd.dbus.calls import MAX_ARGUMENTS_SIZE, arguments_size, refuse_oversized
 from klpd.dbus.errors import Busy
 from klpd.dbus.limits import WAIT_BOUNDS, Bounds, Slots, Throttle
 
@@ -49,3 +54,43 @@ def test_bounds_need_a_reserve_below_the_total() -> None:
 def test_throttle() -> None:
     t = Throttle(3600.0)
     assert t.ready() and not t.ready()
+
+
+# --- arguments far larger than any call takes (klpd.dbus.calls) -----------------------------
+
+
+def test_arguments_size_counts_strings_and_items_and_stops_past_the_limit() -> None:
+    assert arguments_size([]) == 0
+    assert arguments_size(["lpa", 1.5]) == 4
+    assert arguments_size([{"enable": Variant("as", ["lpa", "lpb"])}]) == 1 + 6 + 1 + 2 + 6
+    assert arguments_size([[("a", [b"xy"])]]) == 1 + 2 + 1 + 1 + 2
+    huge = [["x"] * 10_000_000]
+    assert MAX_ARGUMENTS_SIZE < arguments_size(huge) <= 10_000_000
+
+
+def test_oversized_call_is_answered_invalid_argument_before_dispatch() -> None:
+    def describe_patch(name: str, flags: MessageFlag = MessageFlag.NONE) -> Message:
+        return Message(
+            destination=names.BUS_NAME,
+            path=names.OBJECT_PATH,
+            interface=names.INTERFACE,
+            member="DescribePatch",
+            signature="s",
+            body=[name],
+            flags=flags,
+            serial=7,
+        )
+
+    assert refuse_oversized(describe_patch("x" * MAX_ARGUMENTS_SIZE)) is False
+    error = refuse_oversized(describe_patch("\x01" * 9_000_000))
+    assert isinstance(error, Message) and error.error_name == names.ERROR_INVALID_ARGUMENT
+    assert error.reply_serial == 7 and len(error.body[0]) < 200
+    # nothing to answer, nothing dispatched
+    assert refuse_oversized(describe_patch("x" * 70_000, MessageFlag.NO_REPLY_EXPECTED)) is True
+
+
+def test_names_quote_at_most_the_start_of_a_refused_name() -> None:
+    with pytest.raises(NameError_) as refused:
+        validate_patch_name("\x01" * 1_000_000)
+    assert len(str(refused.value)) < 400 and "(1000000 characters)" in str(refused.value)
+    assert shown("lpa") == "'lpa'"
