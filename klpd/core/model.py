@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 
 # --- what is installed ------------------------------------------------------------------
 
@@ -39,18 +40,18 @@ class Patch:
     modules: Mapping[str, PatchModule]  # object name -> module
     series: str
     version: int
+    # derived once (the planner and the report ask for them for every patch, every action)
+    objects: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    replace: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        objects = tuple(sorted(o for o in self.modules if o != "vmlinux"))
+        object.__setattr__(self, "objects", objects)  # frozen: derived fields set once
+        object.__setattr__(self, "replace", any(m.replace for m in self.modules.values()))
 
     @property
     def main(self) -> PatchModule | None:
         return self.modules.get("vmlinux")
-
-    @property
-    def objects(self) -> tuple[str, ...]:
-        return tuple(sorted(o for o in self.modules if o != "vmlinux"))
-
-    @property
-    def replace(self) -> bool:
-        return any(m.replace for m in self.modules.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,16 +66,18 @@ class CatalogProblem:
 class Catalog:
     patches: Mapping[str, Patch] = field(default_factory=dict)
     problems: tuple[CatalogProblem, ...] = ()
+    _by_module: Mapping[str, PatchModule] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        mods = {m.module: m for p in self.patches.values() for m in p.modules.values()}
+        object.__setattr__(self, "_by_module", MappingProxyType(mods))
 
     def module(self, name: str) -> PatchModule | None:
-        for p in self.patches.values():
-            for m in p.modules.values():
-                if m.module == name:
-                    return m
-        return None
+        return self._by_module.get(name)
 
-    def by_module(self) -> dict[str, PatchModule]:
-        return {m.module: m for p in self.patches.values() for m in p.modules.values()}
+    def by_module(self) -> Mapping[str, PatchModule]:
+        """Module name -> module, built once per catalog (read-only)."""
+        return self._by_module
 
 
 # --- what the kernel has ----------------------------------------------------------------

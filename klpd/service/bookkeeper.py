@@ -10,7 +10,7 @@ True: the orchestrator then selects the desired patches again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
 
 from klpd.core.model import ActionKind, KernelState, PatchModule
@@ -96,7 +96,7 @@ class Bookkeeper:
     def observe(
         self,
         state: KernelState,
-        managed: dict[str, PatchModule],
+        managed: Mapping[str, PatchModule],
         replace_known: Collection[str] = (),
     ) -> bool:
         """Patches we saw applied vanished without us disabling them: say it loudly; the
