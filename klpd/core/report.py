@@ -1,11 +1,21 @@
-"""Build the :class:`~klpd.core.status.Snapshot` from what the orchestrator knows. Pure."""
+"""Build the :class:`~klpd.core.status.Snapshot` from what the orchestrator knows. Pure (the
+:class:`SnapshotBuilder` only remembers its last build, to make the next one cheaper)."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 
-from klpd.core.model import Action, ActionKind, Catalog, KernelState, OverallState, PatchModule
+from klpd.core.model import (
+    Action,
+    ActionKind,
+    Catalog,
+    KernelState,
+    OverallState,
+    Patch,
+    PatchModule,
+)
 from klpd.core.planner import NotDesired, Unwanted
 from klpd.core.stacking import FunctionVersion, live_functions
 from klpd.core.status import (
@@ -21,8 +31,8 @@ from klpd.core.status import (
 def _module_report(
     pm: PatchModule,
     state: KernelState,
-    pending: set[str],
-    unapplying: set[str],
+    pending: Collection[str],
+    unapplying: Collection[str],
     failures: Mapping[str, str],
     refused: bool,
     refusal: str = "",
@@ -144,54 +154,205 @@ def build_snapshot(
 ) -> Snapshot:
     """``refused`` patches are shown with ``refusals[patch]`` (why) when given;
     ``quarantined`` modules (the boot-loop guard) are shown as such until cleared."""
-    pending_load = {a.module for a in pending if a.kind is ActionKind.LOAD}
-    unapplying = {a.module for a in pending if a.kind is not ActionKind.LOAD}
-    patches: list[PatchReport] = []
-    functions = live_functions(state)
-    for patch in sorted(catalog.patches.values(), key=lambda p: p.name):
-        is_refused = patch.replace or patch.name in refused
-        mods = tuple(
-            _module_report(
-                pm,
-                state,
-                pending_load,
-                unapplying,
-                failures,
-                is_refused,
-                _refusal(patch.name, notes, refusals or {}),
-                pm.module in quarantined,
-            )
-            for pm in sorted(patch.modules.values(), key=lambda m: (m.obj != "vmlinux", m.obj))
-        )
-        mods = tuple(_with_versions(m, functions) for m in mods)
-        main = patch.main
-        wanted = patch.name in desired and not is_refused
-        note = notes.get(patch.name)
-        patches.append(
-            PatchReport(
-                name=patch.name,
-                status=_patch_status(wanted, note, mods),
-                desired=wanted,
-                series=patch.series,
-                version=patch.version,
-                description=main.description if main else "",
-                cves=tuple(sorted({c for m in patch.modules.values() for c in m.cves})),
-                modules=mods,
-            )
-        )
-    managed = catalog.by_module()
-    foreign = tuple(sorted(n for n in state.livepatches if n not in managed))
-    return Snapshot(
-        state=overall,
-        kernel_release=state.release,
-        patches=tuple(patches),
-        pending=tuple(str(a) for a in pending),
+    return SnapshotBuilder().build(
+        catalog=catalog,
+        state=state,
+        desired=desired,
+        notes=notes,
+        refused=refused,
+        pending=pending,
+        failures=failures,
         transition=transition,
+        overall=overall,
         last_error=last_error,
         last_reconcile=last_reconcile,
-        foreign_livepatches=foreign,
-        functions=functions,
+        refusals=refusals,
+        quarantined=quarantined,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Inputs:
+    """What a snapshot's patch reports are made of, as of one build (copies of the caller's
+    mutable mappings: the memory's failures and refusals change in place)."""
+
+    catalog: Catalog
+    state: KernelState
+    desired: frozenset[str]
+    notes: Mapping[str, NotDesired]
+    refused: frozenset[str]
+    refusals: Mapping[str, str]
+    functions: tuple[FunctionVersion, ...]
+    loading: frozenset[str]  # pending loads
+    unapplying: frozenset[str]  # pending disables and unloads
+    failures: Mapping[str, str]
+    quarantined: frozenset[str]
+
+    def same_for_every_module(self, other: _Inputs) -> bool:
+        return (
+            self.catalog is other.catalog
+            and self.desired == other.desired
+            and self.notes == other.notes
+            and self.refused == other.refused
+            and self.refusals == other.refusals
+        )
+
+
+def _differ(old: Mapping[str, object], new: Mapping[str, object]) -> set[str]:
+    """Keys whose value differs (or is in one mapping only): by identity first, the kernel
+    view hands on what it did not read again, then by value."""
+    if old is new:
+        return set()
+    out = set(old.keys() ^ new.keys())
+    out.update(k for k, v in new.items() if (o := old.get(k, v)) is not v and o != v)
+    return out
+
+
+def _versions_by_object(
+    functions: Sequence[FunctionVersion],
+) -> dict[str, list[FunctionVersion]]:
+    out: dict[str, list[FunctionVersion]] = {}
+    for f in functions:
+        out.setdefault(f.obj, []).append(f)
+    return out
+
+
+class SnapshotBuilder:
+    """:func:`build_snapshot`, again and again, at the cost of what changed since the last
+    build: klpd publishes before every action (and when a transition starts and ends), and
+    one action changes a module or two of a thousand. A module's report is made again only
+    when something it is made of changed — its livepatch, whether it or its object is
+    loaded, its pending action, failure or quarantine, its object's function versions —
+    and a patch's only when one of its modules' did; anything shared by every module (the
+    catalog, the selection, the refusals) makes everything again. The result is equal to a
+    fresh build (property-tested); unchanged reports are the same objects as before."""
+
+    __slots__ = ("_by_object", "_last", "_modules", "_patches")
+
+    def __init__(self) -> None:
+        self._last: _Inputs | None = None
+        self._modules: dict[str, ModuleReport] = {}
+        self._patches: dict[str, PatchReport] = {}
+        self._by_object: dict[str, list[str]] = {}  # object -> the catalog's modules for it
+
+    def build(
+        self,
+        *,
+        catalog: Catalog,
+        state: KernelState,
+        desired: frozenset[str],
+        notes: Mapping[str, NotDesired],
+        refused: frozenset[str],
+        pending: Sequence[Action],
+        failures: Mapping[str, str],
+        transition: TransitionReport | None,
+        overall: OverallState,
+        last_error: str,
+        last_reconcile: float,
+        refusals: Mapping[str, str] | None = None,
+        quarantined: Collection[str] = (),
+    ) -> Snapshot:
+        """The arguments of :func:`build_snapshot`."""
+        now = _Inputs(
+            catalog=catalog,
+            state=state,
+            desired=desired,
+            notes=dict(notes),
+            refused=refused,
+            refusals=dict(refusals or {}),
+            functions=live_functions(state),
+            loading=frozenset(a.module for a in pending if a.kind is ActionKind.LOAD),
+            unapplying=frozenset(a.module for a in pending if a.kind is not ActionKind.LOAD),
+            failures=dict(failures),
+            quarantined=frozenset(quarantined),
+        )
+        patches = self._patch_reports(now)
+        self._last = now
+        managed = catalog.by_module()
+        return Snapshot(
+            state=overall,
+            kernel_release=state.release,
+            patches=patches,
+            pending=tuple(str(a) for a in pending),
+            transition=transition,
+            last_error=last_error,
+            last_reconcile=last_reconcile,
+            foreign_livepatches=tuple(sorted(state.livepatches.keys() - managed.keys())),
+            functions=now.functions,
+        )
+
+    def _changed_modules(self, now: _Inputs) -> set[str] | None:
+        """Modules whose report may differ from the last build's; None: every module."""
+        last = self._last
+        if last is None or not now.same_for_every_module(last):
+            return None
+        changed = _differ(last.state.livepatches, now.state.livepatches)
+        moved = _differ(last.state.modules, now.state.modules)  # loaded, or object live
+        changed |= moved
+        if last.functions != now.functions:
+            moved.update(f.obj for f in set(last.functions) ^ set(now.functions))
+        for obj in moved:
+            changed.update(self._by_object.get(obj, ()))
+        changed |= last.loading ^ now.loading
+        changed |= last.unapplying ^ now.unapplying
+        changed |= _differ(last.failures, now.failures)
+        changed |= last.quarantined ^ now.quarantined
+        return changed
+
+    def _patch_reports(self, now: _Inputs) -> tuple[PatchReport, ...]:
+        catalog = now.catalog
+        changed = self._changed_modules(now)
+        if changed is None:
+            self._modules, self._patches = {}, {}
+            self._by_object = {}
+            for pm in catalog.by_module().values():
+                self._by_object.setdefault(pm.obj, []).append(pm.module)
+            redo = set(catalog.patches)
+        else:
+            managed = catalog.by_module()
+            redo = {managed[m].patch for m in changed if m in managed}
+        versions = _versions_by_object(now.functions) if redo else {}
+        for name in redo:
+            self._patches[name] = self._patch_report(catalog.patches[name], now, changed, versions)
+        return tuple(self._patches[name] for name in sorted(catalog.patches))
+
+    def _patch_report(
+        self,
+        patch: Patch,
+        now: _Inputs,
+        changed: set[str] | None,
+        versions: Mapping[str, Sequence[FunctionVersion]],
+    ) -> PatchReport:
+        is_refused = patch.replace or patch.name in now.refused
+        refusal = _refusal(patch.name, now.notes, now.refusals)
+        reports = self._modules
+        for pm in patch.modules.values():
+            if changed is None or pm.module in changed:
+                m = _module_report(
+                    pm,
+                    now.state,
+                    now.loading,
+                    now.unapplying,
+                    now.failures,
+                    is_refused,
+                    refusal,
+                    pm.module in now.quarantined,
+                )
+                reports[pm.module] = _with_versions(m, versions.get(pm.obj, ()))
+        order = sorted(patch.modules.values(), key=lambda m: (m.obj != "vmlinux", m.obj))
+        mods = tuple(reports[pm.module] for pm in order)
+        main = patch.main
+        wanted = patch.name in now.desired and not is_refused
+        return PatchReport(
+            name=patch.name,
+            status=_patch_status(wanted, now.notes.get(patch.name), mods),
+            desired=wanted,
+            series=patch.series,
+            version=patch.version,
+            description=main.description if main else "",
+            cves=tuple(sorted({c for m in patch.modules.values() for c in m.cves})),
+            modules=mods,
+        )
 
 
 def _with_versions(m: ModuleReport, functions: Sequence[FunctionVersion]) -> ModuleReport:

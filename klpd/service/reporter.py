@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from klpd.core.model import Action, BlockingTask, Catalog, KernelState, OverallState
 from klpd.core.planner import Selection
-from klpd.core.report import build_snapshot, current_failures, overall_state
+from klpd.core.report import SnapshotBuilder, current_failures, overall_state
 from klpd.core.status import Counters, Event, EventKind, Listener, Snapshot
 from klpd.service.memory import Memory
 from klpd.service.port import KernelPort
@@ -39,6 +39,7 @@ class Picture:
 
 class Reporter:
     __slots__ = (
+        "_builder",
         "_counted",
         "_counters",
         "_listeners",
@@ -59,6 +60,7 @@ class Reporter:
         self._counted: tuple[Snapshot | None, Snapshot | None] = (None, None)
         self._listeners: list[Listener] = []
         self._snapshot: Snapshot | None = None
+        self._builder = SnapshotBuilder()  # rebuilds only what changed since the last one
         self.last_error = ""
         self.transition: Transition | None = None  # the one being waited for
 
@@ -112,7 +114,7 @@ class Reporter:
         busy = current is not None or pic.requested.is_set() or not pic.last_reconcile
         if busy and overall in (OverallState.CONVERGED, OverallState.DEGRADED):
             overall = OverallState.CONVERGING
-        return build_snapshot(
+        return self._builder.build(
             catalog=pic.catalog,
             state=pic.state,
             desired=pic.selection.desired,
