@@ -180,8 +180,9 @@ class World:
     # --- what the kernel tells klpd ------------------------------------------------------
 
     def _uevent(self, action: str, module: str, seqnum: int) -> None:
-        if self.orch is None:
-            return  # klpd is dead: its socket is gone
+        if self.orch is None:  # klpd is dead: its socket is gone, and with it any overflow
+            self._lose_events = 0  # (seed 2283304225: a stale overflow after a restart)
+            return
         if self._lose_events > 0:
             self._lose_events -= 1
             if self._lose_events == 0:  # the socket reports ENOBUFS: klpd resyncs
