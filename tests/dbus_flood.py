@@ -1,16 +1,17 @@
 """A D-Bus client that floods klpd, run as its own process (as ``nobody`` under setpriv).
 
     python tests/dbus_flood.py ADDRESS --connections 8 --calls 100 --member EnablePatch \\
-        --signature s --arg lpa [--waits 64] [--seconds 5] [--summary]
+        --signature s --arg lpa [--waits 64] [--summary]
 
 It opens ``--connections`` bus connections, sends ``--waits`` ``WaitConverged(3600)`` calls
 round-robin over them and leaves them pending, then each connection calls ``--member`` one
-call after the other: ``--calls`` times, or until ``--seconds`` have passed. Each reply is
-printed as a line, ``ok`` or ``error <name>`` (``wait ok`` / ``wait error <name>`` for the
-waits); with ``--summary`` nothing is printed until the calls are done, then one JSON
-object counting the lines. It exits at EOF on stdin, keeping its connections (and pending
-calls) until then. The tests (tests/e2e/test_dbus_abuse.py) and ``bench/dbus_load.py``
-share it.
+call after the other: ``--calls`` times, or with ``--calls 0`` until EOF on stdin. Each
+reply is printed as a line, ``ok`` or ``error <name>`` (``wait ok`` / ``wait error <name>``
+for the waits); with ``--summary`` one JSON line once connected (``{"connected": N}``), then
+nothing until the calls are done, then one JSON object counting the lines (and
+``seconds``: how long the calls took). It exits at EOF
+on stdin, keeping its connections (and pending calls) until then. The tests
+(tests/e2e/test_dbus_abuse.py) and ``bench/dbus_load.py`` share it.
 """
 
 from __future__ import annotations
@@ -41,13 +42,12 @@ def flood_argv(
     connections: int = 1,
     calls: int = 1,
     waits: int = 0,
-    seconds: float = 0.0,
     summary: bool = False,
 ) -> list[str]:
     """The argv of this script (run it under ``AS_NOBODY`` for an unprivileged flood)."""
     argv = [sys.executable, str(THIS), address, "--member", member, "--signature", signature]
     argv += ["--arg", arg, "--connections", str(connections), "--calls", str(calls)]
-    argv += ["--waits", str(waits), "--seconds", str(seconds)]
+    argv += ["--waits", str(waits)]
     return [*argv, "--summary"] if summary else argv
 
 
@@ -72,6 +72,7 @@ def manager_call(member: str, signature: str, body: list[Any]) -> Message:
 
 async def flood(a: argparse.Namespace) -> None:
     counts: Counter[str] = Counter()
+    eof = asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
     def report(line: str) -> None:
         if a.summary:
@@ -81,7 +82,6 @@ async def flood(a: argparse.Namespace) -> None:
 
     buses = [await MessageBus(bus_address=a.address).connect() for _ in range(a.connections)]
     body: list[Any] = [float(a.arg) if a.signature == "d" else a.arg] if a.signature else []
-    deadline = time.monotonic() + a.seconds if a.seconds else None
     limit: int = a.calls
 
     async def wait(bus: MessageBus) -> None:
@@ -94,13 +94,16 @@ async def flood(a: argparse.Namespace) -> None:
             sent += 1
 
     def more(sent: int) -> bool:
-        return time.monotonic() < deadline if deadline is not None else sent < limit
+        return sent < limit if limit else not eof.done()
 
     waits = [asyncio.ensure_future(wait(buses[i % len(buses)])) for i in range(a.waits)]
+    if a.summary:  # the caller may start measuring
+        print(json.dumps({"connected": len(buses)}), flush=True)
+    start = time.monotonic()
     await asyncio.gather(*(calls(bus, more) for bus in buses))
     if a.summary:
-        print(json.dumps(dict(counts)), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
+        print(json.dumps({**counts, "seconds": round(time.monotonic() - start, 3)}), flush=True)
+    await eof
     for task in waits:
         task.cancel()
 
@@ -114,7 +117,6 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--calls", type=int, default=1)
     parser.add_argument("--waits", type=int, default=0)
-    parser.add_argument("--seconds", type=float, default=0.0)
     parser.add_argument("--summary", action="store_true")
     asyncio.run(flood(parser.parse_args()))
 

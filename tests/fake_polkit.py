@@ -5,6 +5,8 @@ No ``from __future__ import annotations`` here, as in klpd.dbus.service: dbus-fa
 """
 
 import asyncio
+import subprocess
+import sys
 from typing import TYPE_CHECKING
 
 from dbus_fast.aio import MessageBus
@@ -74,3 +76,29 @@ async def start_fake_polkit(
     bus.export("/org/freedesktop/PolicyKit1/Authority", authority)
     await bus.request_name("org.freedesktop.PolicyKit1")
     return bus, authority
+
+
+# --- in its own process (the benchmarks) --------------------------------------------------
+
+
+async def _serve(address: str, allow: bool, delay: float) -> None:
+    bus, _ = await start_fake_polkit(address, allow, delay)
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
+    bus.disconnect()
+
+
+def spawn_fake_polkit(address: str, allow: bool, delay: float = 0.0) -> subprocess.Popen[bytes]:
+    """A fake polkit authority on ``address`` in a child process (as root: only root may own
+    its name on the private bus); returns once it is on the bus. Close its stdin to stop it."""
+    argv = [sys.executable, __file__, address, "allow" if allow else "deny", str(delay)]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != b"ready":
+        proc.kill()
+        raise RuntimeError(f"the fake polkit did not start (exit {proc.wait()})")
+    return proc
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve(sys.argv[1], sys.argv[2] == "allow", float(sys.argv[3])))

@@ -63,6 +63,7 @@ from klpd.dbus.signatures import (
     PlanOptions,
     SignalBody,
 )
+from klpd.dbus.transport import wait_when_the_socket_is_full
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -321,9 +322,11 @@ async def connect_bus(bus: str) -> MessageBus:
             msgbus = MessageBus(bus_type=BusType.SESSION)
         else:
             msgbus = MessageBus(bus_address=bus)
-        return await msgbus.connect()
+        connected = await msgbus.connect()
     except Exception as e:
         raise DbusStartError(f"cannot connect to the {bus} bus: {e}") from e
+    wait_when_the_socket_is_full(connected)
+    return connected
 
 
 async def start_dbus(controller: Controller, bus: str) -> DbusService:

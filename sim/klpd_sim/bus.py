@@ -15,6 +15,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,7 @@ CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configurat
     <allow own="io.github.Klpd1"/>
   </policy>
   <include>{shipped}</include>
-</busconfig>
+{limits}</busconfig>
 """
 
 
@@ -68,15 +69,23 @@ class PrivateBus:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def start_private_bus(shipped_policy: Path) -> PrivateBus:
+def start_private_bus(shipped_policy: Path, limits: Mapping[str, int] | None = None) -> PrivateBus:
     """Start ``dbus-daemon`` with klpd's ``shipped_policy`` and return once it printed its
     address (it is listening). The socket's directory is world-readable: callers run as
-    ``nobody`` must reach it."""
+    ``nobody`` must reach it. ``limits`` overrides dbus-daemon's ``<limit>`` defaults
+    (e.g. ``max_connections_per_user``, 256), which a system bus keeps unless configured."""
     directory = tempfile.mkdtemp(prefix="klpd-dbus-")
     os.chmod(directory, 0o755)
     config = Path(directory, "bus.conf")
     owner = pwd.getpwuid(os.getuid()).pw_name
-    config.write_text(CONFIG.format(socket=f"{directory}/bus", shipped=shipped_policy, owner=owner))
+    limit_lines = "".join(
+        f'  <limit name="{name}">{value}</limit>\n' for name, value in (limits or {}).items()
+    )
+    config.write_text(
+        CONFIG.format(
+            socket=f"{directory}/bus", shipped=shipped_policy, owner=owner, limits=limit_lines
+        )
+    )
     proc = subprocess.Popen(
         ["dbus-daemon", f"--config-file={config}", "--print-address", "--nofork"],
         stdin=subprocess.DEVNULL,

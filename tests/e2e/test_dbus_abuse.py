@@ -24,13 +24,14 @@ import pytest
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_flood import flood_argv
-from dbus_helpers import AS_NOBODY, start_private_bus
+from dbus_helpers import AS_NOBODY, FakeController, start_private_bus
 from fake_polkit import start_fake_polkit
 from klpd_harness import KlpdProcess
 from klpd_sim.harness import SimKernel
 
 from klpd.dbus import names
 from klpd.dbus.limits import AUTH_BOUNDS
+from klpd.dbus.service import start_dbus
 
 PERMISSIVE_POLICY = """<busconfig>
   <policy user="root"><allow own="io.github.Klpd1"/></policy>
@@ -465,3 +466,38 @@ async def test_flood_without_polkit_is_refused_and_bounded(
     assert f"error {names.ERROR_ACCESS_DENIED}" in first + rest
     assert rss_kib(served) - before < RSS_GROWTH_KIB
     await still_serves(served, root)
+
+
+# --- many callers at once ---------------------------------------------------------------------
+
+
+async def test_concurrent_describes_all_answered(served: Served, root: MessageBus) -> None:
+    clients = [await MessageBus(bus_address=served.address).connect() for _ in range(100)]
+    try:
+        replies = await asyncio.gather(
+            *(call(c, "Describe") for c in clients for _ in range(10)),
+        )
+    finally:
+        for c in clients:
+            c.disconnect()
+    assert {r.message_type for r in replies} == {MessageType.METHOD_RETURN}
+    await still_serves(served, root)
+
+
+async def test_a_full_socket_does_not_drop_the_bus(dbus_address: str) -> None:
+    """Replies faster than dbus-daemon reads them fill klpd's socket: dbus-fast took the
+    EAGAIN for a dead bus (klpd.dbus.transport). A tiny send buffer makes it certain."""
+    svc = await start_dbus(FakeController(), dbus_address)
+    # 50 calls each: dbus-daemon lets a connection wait for 128 replies at most
+    clients = [await MessageBus(bus_address=dbus_address).connect() for _ in range(4)]
+    try:
+        sock = svc.bus._sock
+        assert sock is not None
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        replies = await asyncio.gather(*(call(c, "Describe") for c in clients for _ in range(50)))
+        assert {r.message_type for r in replies} == {MessageType.METHOD_RETURN}, replies[-1].body
+        assert svc.bus.connected
+    finally:
+        for c in clients:
+            c.disconnect()
+        await svc.close()
