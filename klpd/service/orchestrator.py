@@ -182,6 +182,7 @@ class Orchestrator:
 
     async def run(self) -> None:
         """Reconcile whenever asked, until :meth:`stop`."""
+        self.screening.start()
         self.picture.requested.set()
         while not self._stopping:
             await self.picture.requested.wait()

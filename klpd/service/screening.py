@@ -114,6 +114,13 @@ class Screening:
                     patch = pm.patch if pm is not None else ""
                     self._reporter.emit(Event(EventKind.PATCH_FAILED, patch, module, q.reason))
 
+    def start(self) -> None:
+        """On the running loop, once: arm the boot guard's timer for the records a previous
+        klpd of this boot left open (a watchdog restart within the grace period left them
+        open for good, and the next clean reboot quarantined a good patch: tests/system)."""
+        if self._boot_hook is not None:
+            self._boot_hook.schedule()
+
     def release(self, modules: Iterable[str]) -> None:
         """An operator enabled the modules' patch: the boot guard lets them load again."""
         for module in modules:

@@ -4,6 +4,7 @@ that got applied anyway, quarantine across (simulated) reboots."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -228,5 +229,28 @@ async def test_failed_load_is_no_crash(tmp_path: Path) -> None:
     w.kernel.broken["lpbad__vmlinux"] = "modprobe: ERROR: could not insert: Invalid argument"
     await w.orch.reconcile()
     assert w.bootguard.open_modules == ()
+    w.start("boot-2")
+    assert w.bootguard.quarantined == {}
+
+
+async def test_restart_in_the_same_boot_still_closes_the_records(tmp_path: Path) -> None:
+    # klpd restarted (watchdog, SIGKILL) within the grace period: the new process closes the
+    # records the old one left open, else the next clean reboot quarantines a good patch.
+    grace = {"grace_period": 0.05}
+    w = World(tmp_path, build(tmp_path, "lpa"), boot_guard=grace)
+    await w.orch.reconcile()
+    assert w.bootguard.open_modules == ("lpa__vmlinux",)
+    w.start("boot-1", boot_guard=grace)
+    assert w.bootguard.open_modules == ("lpa__vmlinux",)
+    run = asyncio.create_task(w.orch.run())
+    try:
+        for _ in range(200):  # polled: the guard's own timer closes it after 0.05 s
+            if not w.bootguard.open_modules:
+                break
+            await asyncio.sleep(0.01)
+        assert w.bootguard.open_modules == ()
+    finally:
+        w.orch.stop()
+        await run
     w.start("boot-2")
     assert w.bootguard.quarantined == {}
