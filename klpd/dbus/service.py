@@ -42,6 +42,7 @@ from klpd.dbus.convert import (
     valid_patch,
     valid_timeout,
 )
+from klpd.dbus.departures import Departures
 from klpd.dbus.errors import Busy, UnknownPatch, to_dbus_error
 from klpd.dbus.limits import (
     PLAN_RESCAN_SECONDS,
@@ -86,6 +87,7 @@ class ManagerInterface(ServiceInterface):
         self._last_properties = properties_of(controller.snapshot())
         self.callers = Callers(bus)
         self.waiters = Slots("WaitConverged", WAIT_BOUNDS)
+        self.departures = Departures(bus)  # a caller gone, its waits end
         self.blocking = BlockingCache(controller)
         self.rescans = Throttle(PLAN_RESCAN_SECONDS)
         self._signal_for: dict[EventKind, Callable[[str, str, str], object]] = {
@@ -200,7 +202,7 @@ class ManagerInterface(ServiceInterface):
         if not privileged and self.waiters.refusal(sender, uid, False) is not None:
             privileged = await self.callers.privileged(sender, uid)  # the reserve
         with self.waiters.hold(sender, uid, privileged):
-            return await self._call(what, wait(seconds))
+            return await self._call(what, self.departures.unless_gone(sender, wait(seconds)))
 
     # state changes (root or polkit)
 
@@ -338,6 +340,7 @@ async def start_dbus(controller: Controller, bus: str) -> DbusService:
     msgbus.export(names.OBJECT_PATH, interface)
     service = DbusService(msgbus, interface)
     try:
+        await interface.departures.watch()
         reply = await msgbus.request_name(names.BUS_NAME, NameFlag.DO_NOT_QUEUE)
     except DBusError as e:
         await service.close()
