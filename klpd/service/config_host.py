@@ -125,10 +125,12 @@ class MetricsConfig(_Section):
         default="",
         description=(
             "A `.prom` file rewritten atomically (mode 0644) on each state change. Under the "
-            'shipped unit use "/run/klpd/metrics/klpd.prom" and point node_exporter\'s '
-            "`--collector.textfile.directory` at /run/klpd/metrics: klpd has no "
-            "CAP_DAC_OVERRIDE, so it cannot write into a directory owned by the prometheus "
-            "user. Empty disables it."
+            "shipped unit, either Debian's node_exporter textfile directory "
+            '("/var/lib/prometheus/node-exporter/klpd.prom") with the drop-in '
+            "`ReadWritePaths=/var/lib/prometheus/node-exporter` (README: Metrics), or "
+            '"/run/klpd/metrics/klpd.prom", writable as shipped, with node_exporter\'s '
+            "`--collector.textfile.directory` pointed there. klpd has no CAP_DAC_OVERRIDE: "
+            "the directory must be root's, not the prometheus user's. Empty disables it."
         ),
     )
 
