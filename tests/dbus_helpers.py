@@ -196,6 +196,9 @@ class FakeController:
     async def disable_patch(self, name: str) -> None:
         await self._record("disable", name)
 
+    def settled(self) -> OverallState | None:
+        return None if self.snap.state is OverallState.CONVERGING else self.snap.state
+
     async def wait_settled(self, timeout: float) -> OverallState:
         if await self.wait_converged(timeout) or self.snap.state is not OverallState.CONVERGING:
             return self.snap.state

@@ -181,6 +181,10 @@ class Controller(Protocol):
     async def disable_patch(self, name: str) -> None:
         """Operator disable: retire the patch and keep it retired (persisted)."""
 
+    def settled(self) -> OverallState | None:
+        """The state if nothing is left to do now (converged, degraded, failed), else None:
+        what a wait would answer at once."""
+
     async def wait_converged(self, timeout: float) -> bool:
         """True once settled converged; False if settled otherwise or timed out."""
 

@@ -32,7 +32,8 @@ from dbus_fast.service import method as dbus_method
 from dbus_fast.service import signal as dbus_signal
 
 import klpd
-from klpd.core.status import Controller, Event, EventKind
+from klpd.core.model import OverallState
+from klpd.core.status import Controller, Event, EventKind, Snapshot
 from klpd.dbus import names
 from klpd.dbus.calls import record_call, refuse_oversized, served_call
 from klpd.dbus.convert import (
@@ -85,6 +86,7 @@ class ManagerInterface(ServiceInterface):
         self._controller = controller
         self._bus = bus
         self._last_properties = properties_of(controller.snapshot())
+        self._described: tuple[Snapshot, str] | None = None
         self.callers = Callers(bus)
         self.waiters = Slots("WaitConverged", WAIT_BOUNDS)
         self.departures = Departures(bus)  # a caller gone, its waits end
@@ -147,7 +149,7 @@ class ManagerInterface(ServiceInterface):
         snap = self._controller.snapshot()
         t = snap.transition
         if t is None or not any(b.stack for b in t.blocking) or await self._privileged("Describe"):
-            return snap.to_json()
+            return self._json_of(snap)
         return replace(snap, transition=replace(t, blocking=without_stacks(t.blocking))).to_json()
 
     @dbus_method()
@@ -171,12 +173,11 @@ class ManagerInterface(ServiceInterface):
     @dbus_method()
     async def WaitConverged(self, timeout: DBusDouble) -> DBusBool:
         # version 1's member: true only when klpd settled *converged* (WaitSettled says which)
-        return await self._wait("WaitConverged", self._controller.wait_converged, timeout)
+        return await self._wait("WaitConverged", timeout) is OverallState.CONVERGED
 
     @dbus_method()
     async def WaitSettled(self, timeout: DBusDouble) -> DBusStr:
-        state = await self._wait("WaitSettled", self._controller.wait_settled, timeout)
-        return state.value
+        return (await self._wait("WaitSettled", timeout)).value
 
     @dbus_method()
     async def Plan(self, options: PlanOptions) -> DBusStr:
@@ -194,15 +195,18 @@ class ManagerInterface(ServiceInterface):
             raise to_dbus_error(e, "Plan") from None
         return json.dumps(preview.to_dict(), sort_keys=True)
 
-    async def _wait(self, what: str, wait: Callable[[float], Awaitable[T]], timeout: float) -> T:
+    async def _wait(self, what: str, timeout: float) -> OverallState:
         seconds = valid_timeout(timeout)
+        if (settled := self._controller.settled()) is not None:
+            return settled  # nothing to wait for, so no slot: 1,000 callers at once all served
         sender = self._this_call(what).sender or ""
         uid = await self._call(what, self.callers.uid(sender))
         privileged = uid == 0
         if not privileged and self.waiters.refusal(sender, uid, False) is not None:
             privileged = await self.callers.privileged(sender, uid)  # the reserve
         with self.waiters.hold(sender, uid, privileged):
-            return await self._call(what, self.departures.unless_gone(sender, wait(seconds)))
+            wait = self._controller.wait_settled(seconds)
+            return await self._call(what, self.departures.unless_gone(sender, wait))
 
     # state changes (root or polkit)
 
@@ -263,6 +267,13 @@ class ManagerInterface(ServiceInterface):
         self._last_properties = now
         if changed:
             self.emit_properties_changed(changed)
+
+    def _json_of(self, snap: Snapshot) -> str:
+        """``snap`` as JSON, made once per snapshot (the controller hands out the same object
+        until something changes): 1,000 callers of ``Describe`` cost one ``to_json``."""
+        if self._described is None or self._described[0] is not snap:
+            self._described = (snap, snap.to_json())
+        return self._described[1]
 
     def _this_call(self, what: str) -> Message:
         return served_call(what)

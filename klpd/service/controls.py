@@ -64,9 +64,16 @@ class Control:
         orch.reselect()
         orch.request_reconcile(f"disable {name}")
 
+    def settled(self) -> OverallState | None:
+        return self.snapshot().state if self._orch.converged.is_set() else None
+
     async def wait_settled(self, timeout: float) -> OverallState:
         """The state once a pass ended with nothing to do (converged, degraded, failed), or
         ``converging`` after ``timeout`` seconds."""
+        # Answered here when settled already: Python 3.11's wait_for(..., 0) cancels the
+        # wait before it ran, and said "converging" to `klpctl wait --timeout 0` when not.
+        if (state := self.settled()) is not None:
+            return state
         try:
             await asyncio.wait_for(self._orch.converged.wait(), timeout)
         except TimeoutError:
