@@ -313,13 +313,31 @@ class DbusService:
         self.unsubscribe: Callable[[], None] = lambda: None
 
     def on_event(self, event: Event) -> None:
-        self.interface.on_event(event)
+        if self.bus.connected:
+            try:
+                self.interface.on_event(event)
+            except OSError:
+                if self.bus.connected:
+                    raise
+                # This very signal met the dead socket: dbus-fast finalises the bus, then
+                # registers a writer on the closed fd (EBADF). The bus is lost, not klpd.
+        if not self.bus.connected:
+            self.lost()
+
+    def lost(self) -> None:
+        """The bus went away under it (dbus-daemon restarted): stop listening to the
+        controller, so that a service for the next bus is the only one (every lost one
+        stayed subscribed and rebuilt the D-Bus properties on every event)."""
+        self._closed = True
+        self.unsubscribe()
+        self.unsubscribe = lambda: None
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self.unsubscribe()
+        self.unsubscribe = lambda: None
         self.bus.unexport(names.OBJECT_PATH)
         self.bus.disconnect()
         await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]  # dbus_fast: untyped

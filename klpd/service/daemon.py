@@ -23,7 +23,7 @@ from klpd.kernel.kstate import livepatch_supported
 from klpd.kernel.udev import ModuleEvent, UdevSource
 from klpd.service.config import DEFAULT_PATH, Config, ConfigError, load_config
 from klpd.service.controls import Control
-from klpd.service.logs import setup_logging
+from klpd.service.logs import loop_exception_handler, setup_logging
 from klpd.service.orchestrator import Orchestrator
 from klpd.service.screening import host_guards
 from klpd.service.sdnotify import Notifier
@@ -55,9 +55,12 @@ def status_line(snap: Snapshot) -> str:
 
 
 class Daemon:
-    def __init__(self, config: Config, config_path: Path | None) -> None:
+    def __init__(
+        self, config: Config, config_path: Path | None, *, tracebacks: bool = False
+    ) -> None:
         self.config = config
         self.config_path = config_path
+        self.tracebacks = tracebacks
         self.notifier = Notifier()
         inspector, bootguard = host_guards(config)
         self.orchestrator = Orchestrator(config, inspector=inspector, bootguard=bootguard)
@@ -148,6 +151,7 @@ class Daemon:
                 with contextlib.suppress(Exception):  # how it ended does not matter
                     await asyncio.shield(self._dbus.bus.wait_for_disconnect())  # type: ignore[no-untyped-call]  # dbus_fast: untyped
                 log.warning("lost the D-Bus connection; orchestrating on, reconnecting")
+                self._dbus.lost()
                 self._dbus = None
             try:
                 self._dbus = await start_dbus(self.control, self.config.dbus.bus)
@@ -158,6 +162,7 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(loop_exception_handler(self.tracebacks))
         orch = self.orchestrator
         self.control.subscribe(self._on_event)
         tasks: list[asyncio.Task[None]] = []
@@ -263,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_UNSUPPORTED
     try:
-        return asyncio.run(Daemon(config, args.config).run())
+        return asyncio.run(Daemon(config, args.config, tracebacks=args.debug).run())
     except Exception as e:
         if args.debug:
             raise

@@ -10,6 +10,7 @@ On stderr the same fields are appended as ``KEY=value``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -178,3 +179,26 @@ __all__ = [
     "setup_logging",
     "stderr_is_journal",
 ]
+
+
+LoopHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]
+
+
+def loop_exception_handler(tracebacks: bool) -> LoopHandler:
+    """asyncio's last resort (a future's exception nobody retrieved, a callback that raised)
+    as one line in klpd's log like every other error; the traceback only with ``--debug``.
+
+    A connection error there is a D-Bus message cut short by dbus-daemon going away:
+    dbus-fast drops the future of each signal it sends, so the one in flight when the bus
+    died ends "never retrieved". klpd reconnects; that is a warning, not an error."""
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if tracebacks:
+            loop.default_exception_handler(context)
+            return
+        exc = context.get("exception")
+        message = str(context.get("message") or "unhandled exception in the event loop")
+        level = logging.WARNING if isinstance(exc, ConnectionError) else logging.ERROR
+        logging.getLogger("asyncio").log(level, "%s: %r", message, exc)
+
+    return handle

@@ -68,6 +68,29 @@ class PrivateBus:
         self.process.wait()
         shutil.rmtree(self.directory, ignore_errors=True)
 
+    def crash(self) -> None:
+        """dbus-daemon goes away (SIGKILL): every connection to it ends."""
+        self.process.kill()
+        self.process.wait()
+
+    def relaunch(self) -> None:
+        """A new dbus-daemon at the same address (a new guid: connect without one), once it
+        listens."""
+        self.crash()
+        Path(self.directory, "bus").unlink(missing_ok=True)
+        self.process = _launch(Path(self.directory, "bus.conf"))
+        assert self.process.stdout is not None
+        if not self.process.stdout.readline():
+            raise RuntimeError(f"dbus-daemon did not start again (exit {self.process.wait()})")
+
+
+def _launch(config: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["dbus-daemon", f"--config-file={config}", "--print-address", "--nofork"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+    )
+
 
 def start_private_bus(shipped_policy: Path, limits: Mapping[str, int] | None = None) -> PrivateBus:
     """Start ``dbus-daemon`` with klpd's ``shipped_policy`` and return once it printed its
@@ -86,11 +109,7 @@ def start_private_bus(shipped_policy: Path, limits: Mapping[str, int] | None = N
             socket=f"{directory}/bus", shipped=shipped_policy, owner=owner, limits=limit_lines
         )
     )
-    proc = subprocess.Popen(
-        ["dbus-daemon", f"--config-file={config}", "--print-address", "--nofork"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-    )
+    proc = _launch(config)
     assert proc.stdout is not None
     address = proc.stdout.readline().decode().strip()
     if not address:

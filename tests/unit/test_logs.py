@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
@@ -12,7 +13,12 @@ from typing import Any
 import pytest
 import systemd.journal  # noqa: F401  (a test extra: missing it is a failure, not a skip)
 
-from klpd.service.logs import journal_handler, setup_logging, stderr_is_journal
+from klpd.service.logs import (
+    journal_handler,
+    loop_exception_handler,
+    setup_logging,
+    stderr_is_journal,
+)
 
 
 class Journal:
@@ -159,3 +165,34 @@ def test_journal_message_and_fields_are_escaped() -> None:
     [entry] = journal.entries
     assert "\x1b" not in entry["MESSAGE"] and "\x1b" not in entry["REASON"]
     assert entry["REASON"] == "a\\nERROR klpd.fake: forged\\x1b]0;owned\\x07"
+
+
+def test_loop_exceptions_are_one_line_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Seen in the daemon soak: the signal in flight when dbus-daemon died left a future
+    "never retrieved", and asyncio logged it with a traceback at ERROR."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.set_exception_handler(loop_exception_handler(tracebacks=False))
+        with caplog.at_level(logging.DEBUG, logger="asyncio"):
+            loop.call_exception_handler(
+                {
+                    "message": "Future exception was never retrieved",
+                    "exception": BrokenPipeError(32, "Broken pipe"),
+                }
+            )
+            loop.call_exception_handler({"message": "callback failed", "exception": KeyError("x")})
+        lost, bug = caplog.records
+        assert (lost.levelno, bug.levelno) == (logging.WARNING, logging.ERROR)
+        assert lost.getMessage() == (
+            "Future exception was never retrieved: BrokenPipeError(32, 'Broken pipe')"
+        )
+        assert lost.exc_info is None and bug.exc_info is None
+        caplog.clear()
+        loop.set_exception_handler(loop_exception_handler(tracebacks=True))  # --debug
+        with caplog.at_level(logging.DEBUG, logger="asyncio"):
+            loop.call_exception_handler({"message": "callback failed", "exception": KeyError("x")})
+        assert caplog.records[0].exc_info is not None
+    finally:
+        loop.close()
