@@ -23,6 +23,7 @@ from klpd_sim.kmod import modprobe as sim_modprobe
 from klpd_sim.kmod import rmmod as sim_rmmod
 from klpd_sim.spec import init_root
 from simport import Killed, SimPort, VirtualClock
+from soakcheck import KernelFacts, KlpdClaims, ModuleClaim, violations
 from soakspec import (
     FOREIGN,
     PATCHES,
@@ -326,59 +327,45 @@ class World:
     def check(self, orch: Orchestrator) -> None:
         self.fig.quiescent_checks += 1
         k, mem = self.kernel, orch.memory
-        catalog = orch.catalog
-        failed = set(mem.failures) | mem.avoided | mem.incompatible
-
-        def applied(m: str) -> bool:
-            p = k.patches.get(m)
-            return p is not None and p.enabled and (k.transition is None)
-
-        def complete(name: str) -> bool:
-            """As the planner means it: applied on vmlinux and on every live object (a
-            failed module keeps the predecessor)."""
-            p = catalog.patches[name]
-            return all(applied(pm.module) for pm in p.modules.values() if k.loaded(pm.obj))
-
-        errors = list(self.violations)
+        tr = k.transition
+        facts = KernelFacts(
+            modules=frozenset(k.modules),
+            live=frozenset(m for m in k.modules if k.loaded(m)),
+            enabled={m: p.enabled for m, p in k.patches.items()},
+            transitions=frozenset(() if tr is None else (tr.patch,)),
+            patched=frozenset(
+                (m, o.name) for m, p in k.patches.items() for o in p.objects.values() if o.patched
+            ),
+        )
+        claims = KlpdClaims(
+            catalog={
+                n: {pm.obj: pm.module for pm in p.modules.values()}
+                for n, p in orch.catalog.patches.items()
+            },
+            desired=frozenset(orch.desired),
+            failed=frozenset(set(mem.failures) | mem.avoided | mem.incompatible),
+            pinned=frozenset(mem.pinned),
+            remove_policy=orch.config.policy.on_object_removed == "remove",
+            report=[
+                ModuleClaim(
+                    mr.module,
+                    mr.obj,
+                    mr.object_loaded,
+                    mr.loaded,
+                    mr.enabled,
+                    mr.status is ModuleStatus.APPLIED,
+                )
+                for report in orch.reporter.snapshot().patches
+                for mr in report.modules
+            ],
+        )
+        errors, checks = violations(facts, claims)
+        errors = self.violations + errors
         self.violations.clear()
-        for name in orch.desired:  # every desired patch applied on every live object
-            self.fig.invariant_checks += 1
-            p = catalog.patches[name]
-            if p.main is None or p.main.module in failed:
-                continue
-            for pm in p.modules.values():
-                if k.loaded(pm.obj) and pm.module not in failed and not applied(pm.module):
-                    errors.append(f"desired {pm.module} not applied on live {pm.obj}")
-        for name, p in catalog.patches.items():  # nothing undesired left loaded
-            self.fig.invariant_checks += 1
-            successors = [d for d in orch.desired if series_of(d) == series_of(name)]
-            if name in orch.desired or not all(complete(d) for d in successors):
-                continue
-            for pm in p.modules.values():
-                if pm.module in k.modules and pm.module not in mem.pinned:
-                    errors.append(f"undesired {pm.module} still loaded")
-        if orch.config.policy.on_object_removed == "remove":
-            for name in orch.desired:
-                for pm in catalog.patches[name].modules.values():
-                    self.fig.invariant_checks += 1
-                    if not k.loaded(pm.obj) and pm.module in k.modules:
-                        errors.append(f"{pm.module} left loaded after {pm.obj} went (remove)")
-        self.fig.invariant_checks += 1
+        self.fig.invariant_checks += checks + 2
         replace = [m for what, m in self.port.calls if what == "modprobe" and "lprep" in m]
         if replace:
             errors.append(f"klpd loaded an atomic-replace module: {replace}")
-        snap = orch.reporter.snapshot()  # Describe agrees with sysfs
-        for report in snap.patches:
-            for mr in report.modules:
-                self.fig.invariant_checks += 1
-                lp = k.patches.get(mr.module)
-                if mr.loaded != (mr.module in k.modules):
-                    errors.append(f"Describe: {mr.module} loaded={mr.loaded}, sysfs disagrees")
-                if lp is not None and mr.enabled != lp.enabled:
-                    errors.append(f"Describe: {mr.module} enabled={mr.enabled}, sysfs disagrees")
-                if mr.status is ModuleStatus.APPLIED and not applied(mr.module):
-                    errors.append(f"Describe: {mr.module} applied, sysfs disagrees")
-        self.fig.invariant_checks += 1
         resynced = orch.counters.resyncs != self._resyncs_at_check
         if resynced and not self.overflowed and not self.killed_since_check:
             errors.append("a resync without an overflow")

@@ -1,0 +1,430 @@
+"""The real-daemon soak: ``klpd`` as a process on the simulated kernel (``klpd-sim run``, its
+sysfs a directory, its uevents real netlink messages), ``klpctl`` over a private
+``dbus-daemon``, driven by random steps from a seed. SIGKILLs, netlink overflows and bus
+restarts are real; the invariants (:mod:`soakcheck`) are checked against the sim's sysfs
+files at every quiescent point.
+
+Faults klpd meets through its tools: its ``modprobe``/``rmmod`` are wrappers around the
+sim's (:data:`WRAPPER`) that read one-shot fault files the steps leave in a directory: fail
+or hang the next modprobe of a module, start another tool's transition first (klpd's EBUSY),
+SIGKILL klpd (their parent) right after the n-th call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dbus_helpers import start_private_bus
+from klpd_harness import KlpdProcess, loaded, wait_for
+from klpd_sim.harness import SimKernel
+from klpd_sim.uevent import send_module_uevent
+from soakcheck import KlpdClaims, ModuleClaim, read_sysfs, violations
+from soakspec import FOREIGN, PATCHES, TARGETS, catalog_dir, install_foreign, install_patch
+
+Step = tuple[Any, ...]
+KLPCTL = str(Path(sys.executable).parent / "klpctl")
+KINDS = {
+    "load": 14, "unload": 10, "install": 5, "uninstall": 3, "reload": 4, "enable": 3,
+    "disable": 3, "fail": 3, "hang": 1, "stall": 3, "unstall": 3, "foreign": 2,
+    "foreign_off": 2, "race": 2, "overflow": 1.5, "kill": 2, "sigkill": 1, "bus_down": 1,
+    "bus_up": 1, "quiesce": 4,
+}  # fmt: skip
+WRAPPER = """#!/bin/sh
+# klpd's {tool} in the daemon soak: the sim's, with the one-shot faults armed in $F
+F={faults}
+for m; do :; done
+echo "{tool} $m" >> "$F/calls"
+if rm "$F/race" 2>/dev/null; then {cli} modprobe {foreign} >/dev/null 2>&1; fi
+if [ {tool} = modprobe ] && rm "$F/fail/$m" 2>/dev/null; then
+    echo "modprobe: ERROR: could not insert '$m': Invalid argument" >&2; exit 1
+fi
+if [ {tool} = modprobe ] && rm "$F/hang/$m" 2>/dev/null; then exec sleep 30; fi
+{cli} {tool} "$@"; rc=$?
+if n=$(cat "$F/kill" 2>/dev/null); then
+    if [ "$n" -le 1 ]; then rm -f "$F/kill"; kill -9 $PPID; else echo $((n-1)) > "$F/kill"; fi
+fi
+exit $rc
+"""
+
+
+def generate(seed: int, n: int) -> list[Step]:
+    """``n`` random steps after the configuration, ending with a quiescent check."""
+    rng = random.Random(seed)
+    patches, targets = sorted(PATCHES), sorted(TARGETS)
+    modules = sorted({f"{p}__{o}" for p, objs in PATCHES.items() for o in objs})
+    names, weights = list(KINDS), list(KINDS.values())
+    out: list[Step] = [("config", rng.choice(["keep", "remove"]), rng.choice(["revert", "wait"]))]
+    out += [("install", p) for p in patches if rng.random() < 0.5]
+    for _ in range(n):
+        k = rng.choices(names, weights)[0]
+        if k in ("load", "unload"):
+            out.append((k, rng.choice(targets)))
+        elif k in ("install", "uninstall", "enable", "disable"):
+            out.append((k, rng.choice(patches)))
+        elif k in ("fail", "hang"):
+            out.append((k, rng.choice(modules)))
+        elif k in ("stall", "unstall"):
+            out.append((k, rng.choice(["vmlinux", *targets])))
+        elif k == "kill":
+            out.append((k, rng.randint(1, 4)))
+        elif k == "overflow":
+            out.append((k, rng.choice(targets)))
+        else:
+            out.append((k,))
+    out.append(("quiesce",))
+    return out
+
+
+class InvariantError(AssertionError):
+    pass
+
+
+@dataclass
+class Figures:
+    steps: int = 0
+    quiescent_checks: int = 0
+    invariant_checks: int = 0
+    kills: int = 0  # SIGKILLs of klpd (then a restart)
+    kills_after_tool: int = 0  # of which by the tool wrapper, right after a modprobe/rmmod
+    bus_restarts: int = 0
+    klpctl_calls: int = 0
+    peak_rss_kb: int = 0  # klpd's VmHWM, the highest seen
+    faults: Counter[str] = field(default_factory=Counter)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per step kind
+
+
+class DaemonWorld:
+    """A simulated kernel, a private bus, klpd and klpctl; the steps and the checks."""
+
+    def __init__(self, sim: SimKernel, workdir: Path, figures: Figures) -> None:
+        self.sim, self.fig = sim, figures
+        self.moddir = sim.module_dir
+        install_foreign(self.moddir)
+        catalog_dir(self.moddir).mkdir(exist_ok=True)
+        self.faults = workdir / "faults"
+        for d in ("fail", "hang"):
+            (self.faults / d).mkdir(parents=True, exist_ok=True)
+        tools = {}
+        for tool in ("modprobe", "rmmod"):
+            w = workdir / f"{tool}-soak"
+            cli = " ".join(sim.cli)
+            w.write_text(WRAPPER.format(tool=tool, faults=self.faults, cli=cli, foreign=FOREIGN))
+            w.chmod(0o755)
+            tools[tool] = [str(w)]
+        self.bus = start_private_bus()
+        self.address = f"unix:path={self.bus.directory}/bus"  # no guid: it changes
+        self.bus_up = True
+        self.klpd = KlpdProcess(
+            sim,
+            workdir,
+            {
+                "kernel": tools,
+                "catalog": {"directories": [str(catalog_dir(self.moddir))]},
+                "dbus": {"enabled": True, "bus": self.address},
+                "events": {"receive_buffer": 4096},
+                "transition": {"stall_timeout": 0.5, "revert_timeout": 2.0},
+                "retry": {"ebusy_backoff": 0.01, "ebusy_backoff_max": 0.1, "modprobe_timeout": 1},
+            },
+        )
+        self._offsets = {"sim": 0, "klpd": 0}
+        self._killing = False
+
+    def close(self) -> None:
+        self.klpd.close()
+        self.bus.stop()
+
+    # --- klpd's life, as systemd would see it ------------------------------------------
+
+    def supervise(self) -> None:
+        """Restart klpd if it died (Restart=); only a SIGKILL of ours is a way to die."""
+        proc = self.klpd.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            self._sample_rss(proc.pid)
+            return
+        if proc.returncode != -signal.SIGKILL:
+            raise InvariantError(f"klpd exited with {proc.returncode}:\n{self.klpd.log()[-3000:]}")
+        self.fig.kills += 1
+        self.fig.kills_after_tool += not self._killing
+        self.klpd.proc = None
+        self.klpd.start(wait_ready=False)
+
+    def _sample_rss(self, pid: int) -> None:
+        try:
+            text = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return
+        for line in text.splitlines():
+            if line.startswith("VmHWM:"):
+                self.fig.peak_rss_kb = max(self.fig.peak_rss_kb, int(line.split()[1]))
+
+    def klpctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """``klpctl ARGS`` on the soak's bus; klpd is restarted meanwhile if it dies (a
+        ``klpctl wait`` outlives a restart: it waits for the name to come back)."""
+        self.fig.klpctl_calls += 1
+        argv = [KLPCTL, "--bus", self.address, *args]
+        env = {**os.environ, "LANG": "C.UTF-8"}
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env)
+
+            def done() -> bool:
+                self.supervise()
+                return p.poll() is not None
+
+            try:
+                wait_for(done, timeout, f"klpctl {' '.join(args)}", interval=0.02)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            out.seek(0)
+            err.seek(0)
+            return subprocess.CompletedProcess(argv, p.returncode, out.read(), err.read())
+
+    # --- steps ---------------------------------------------------------------------------
+
+    def step(self, s: Step) -> None:
+        started = time.monotonic()
+        try:
+            self._step(s)
+        finally:
+            self.fig.seconds[s[0]] = self.fig.seconds.get(s[0], 0.0) + time.monotonic() - started
+
+    def _step(self, s: Step) -> None:
+        self.fig.steps += 1
+        self.supervise()
+        kind, args = s[0], s[1:]
+        sim = self.sim
+        if kind == "config":
+            self.klpd.configure(
+                {
+                    "policy": {"on_object_removed": args[0]},
+                    "transition": {"on_stall": args[1]},
+                }
+            )
+            self.klpd.start()
+        elif kind == "load":
+            sim.modprobe(args[0], check=False)
+        elif kind == "unload":
+            sim.rmmod(args[0], check=False)
+        elif kind == "install":
+            install_patch(self.moddir, args[0])
+        elif kind == "uninstall":
+            if not any(m.startswith(args[0] + "__") for m in loaded(sim)):
+                for f in catalog_dir(self.moddir).glob(f"{args[0]}__*"):
+                    f.unlink()
+        elif kind in ("reload", "enable", "disable"):
+            self.operator(kind, *args)
+        elif kind in ("fail", "hang"):
+            self.fig.faults[f"modprobe-{kind}"] += 1
+            (self.faults / kind / args[0]).touch()
+        elif kind == "stall":
+            self.fig.faults["stall"] += 1
+            sim.stall(args[0], "soak-sleeper")
+        elif kind == "unstall":
+            sim.unstall(args[0])
+        elif kind == "foreign":
+            self.fig.faults["foreign-transition"] += 1
+            sim.modprobe(FOREIGN, check=False)
+        elif kind == "foreign_off":
+            self.foreign_off()
+        elif kind == "race":
+            self.fig.faults["ebusy-race"] += 1
+            (self.faults / "race").touch()
+        elif kind == "overflow":
+            self.overflow(args[0])
+        elif kind == "kill":
+            self.fig.faults["sigkill-armed"] += 1
+            (self.faults / "kill").write_text(f"{args[0]}\n")
+        elif kind == "sigkill":
+            self.fig.faults["sigkill-now"] += 1
+            self.sigkill()
+        elif kind == "bus_down" and self.bus_up:
+            self.fig.faults["bus-down"] += 1
+            self.bus.crash()
+            self.bus_up = False
+        elif kind == "bus_up" and not self.bus_up:
+            self.bus.relaunch()
+            self.bus_up = True
+            self.fig.bus_restarts += 1
+        elif kind == "quiesce":
+            self.quiesce()
+
+    def operator(self, verb: str, *args: str) -> None:
+        """``klpctl VERB``: refused at once while the bus is down; else retried while klpd
+        is (re)starting or reconnecting, as an operator would."""
+        deadline = time.monotonic() + 60
+        while True:
+            r = self.klpctl(verb, *args)
+            if not self.bus_up:
+                if r.returncode != 4:
+                    raise InvariantError(f"klpctl {verb} without a bus: {r.returncode} {r.stderr}")
+                return
+            if r.returncode == 0 or (r.returncode == 6 and "no installed patch" in r.stderr):
+                return
+            if r.returncode != 4 or time.monotonic() > deadline:
+                raise InvariantError(f"klpctl {verb} {args}: exit {r.returncode}: {r.stderr}")
+            self.supervise()  # klpd died under the call (a SIGKILL after a tool): restart
+
+    def sigkill(self) -> None:
+        proc = self.klpd.proc
+        if proc is not None and proc.poll() is None:
+            self._sample_rss(proc.pid)
+            proc.kill()
+            proc.wait()
+        self._killing = True
+        try:
+            self.supervise()
+        finally:
+            self._killing = False
+
+    def overflow(self, target: str) -> None:
+        """klpd stopped while a burst fills its tiny receive buffer; the event that matters
+        (``target`` comes or goes) is lost in it."""
+        self.fig.faults["netlink-overflow"] += 1
+        proc = self.klpd.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            for i in range(100):
+                send_module_uevent("add" if i % 2 else "remove", f"klpd_noise_{i % 7}", 60_000 + i)
+            if target in loaded(self.sim):
+                self.sim.rmmod(target, check=False)
+            else:
+                self.sim.modprobe(target, check=False)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+
+    def foreign_off(self) -> None:
+        """Another tool retires its patch: disable (if it can now), remove (if it can)."""
+        try:
+            if self.sim.read(f"sys/kernel/livepatch/{FOREIGN}/enabled") == "1":
+                self.sim.write_attr(FOREIGN, "enabled", "0")
+        except OSError:
+            pass  # it went away meanwhile
+        self.sim.rmmod(FOREIGN, check=False)
+
+    # --- quiescent points ------------------------------------------------------------------
+
+    def quiesce(self) -> None:
+        """Take every fault away, let everything settle as an operator would, then check."""
+        if not self.bus_up:
+            self.step(("bus_up",))
+        for f in self.faults.rglob("*"):  # an armed SIGKILL stays: a restart converges too
+            if f.is_file() and f.name not in ("calls", "kill"):
+                f.unlink()
+        for obj in {t["obj"] for t in self.sim.status()["tasks"]}:
+            self.sim.unstall(obj)
+
+        def foreign_gone() -> bool:
+            self.foreign_off()
+            return FOREIGN not in loaded(self.sim)
+
+        wait_for(foreign_gone, 60, "the other tool's patch to go", interval=0.1)
+        self.supervise()
+        self.fig.quiescent_checks += 1
+        last: list[str] = []
+
+        def holds() -> bool:
+            nonlocal last
+            self.supervise()
+            last = self._check_once()
+            return not last
+
+        try:
+            wait_for(holds, 60, "the invariants to hold", interval=0.1)
+        except TimeoutError:
+            raise InvariantError("; ".join(last)) from None
+        self._check_logs()
+
+    def _check_once(self) -> list[str]:
+        """[] when klpd settled and every invariant holds, else why not (yet)."""
+        r = self.klpctl("wait", "--timeout", "30")
+        if r.returncode not in (0, 2):
+            return [f"klpctl wait: exit {r.returncode}: {r.stderr.strip()}"]
+        try:
+            facts = read_sysfs(self.sim.sys)
+        except FileNotFoundError as e:
+            return [f"sysfs changed while read: {e}"]
+        r = self.klpctl("status", "--json")
+        if r.returncode not in (0, 2):
+            return [f"klpctl status: exit {r.returncode}: {r.stderr.strip()}"]
+        snap = json.loads(r.stdout)
+        if snap["state"] not in ("converged", "degraded") or snap["pending"]:
+            return [f"klpd not settled: {snap['state']}, pending {snap['pending']}"]
+        claims = KlpdClaims(
+            catalog={
+                p["name"]: {m["obj"]: m["module"] for m in p["modules"]} for p in snap["patches"]
+            },
+            desired=frozenset(p["name"] for p in snap["patches"] if p["desired"]),
+            failed=frozenset(
+                m["module"]
+                for p in snap["patches"]
+                for m in p["modules"]
+                if m["error"] or m["status"] in ("refused", "quarantined")
+            ),
+            pinned=frozenset(),  # only a forced unpatching pins; the soak never forces
+            remove_policy=self.klpd.sections["policy"]["on_object_removed"] == "remove",
+            report=[
+                ModuleClaim(
+                    m["module"],
+                    m["obj"],
+                    m["object_loaded"],
+                    m["loaded"],
+                    m["enabled"],
+                    m["status"] == "applied",
+                )
+                for p in snap["patches"]
+                for m in p["modules"]
+            ],
+        )
+        errors, checks = violations(facts, claims)
+        self.fig.invariant_checks += checks + 1
+        if any(m.startswith("lprep__") for m in facts.modules):
+            errors.append("an atomic-replace module is loaded")
+        return errors
+
+    def _check_logs(self) -> None:
+        """Since the last quiescent point: klpd never asked for a replace module, logged no
+        traceback, and the sim never ran two transitions at once."""
+        self.fig.invariant_checks += 3
+        errors = []
+        calls = (self.faults / "calls").read_text() if (self.faults / "calls").exists() else ""
+        if "modprobe lprep__" in calls:
+            errors.append("klpd ran modprobe for an atomic-replace module")
+        text = self._new_text("klpd", self.klpd.log_path)
+        if "Traceback" in text:
+            errors.append("a traceback in klpd's log:\n" + text[text.index("Traceback") :][:2000])
+        current: str | None = None
+        for line in self._new_text("sim", self.sim.log_path).splitlines():
+            if "transition" not in line and "complete" not in line:
+                continue
+            name = line.split("'")[1] if line.count("'") >= 2 else ""
+            if ": starting " in line:
+                if current is not None:
+                    errors.append(f"two transitions at once: {name} started during {current}")
+                current = name
+            elif line.endswith(" complete") and name == current:
+                current = None
+        if errors:
+            raise InvariantError("; ".join(errors))
+
+    def _new_text(self, which: str, path: Path) -> str:
+        with path.open("rb") as f:
+            f.seek(self._offsets[which])
+            data = f.read()
+        self._offsets[which] += len(data)
+        return data.decode(errors="replace")
