@@ -8,6 +8,7 @@ that kills the child, and one result type whose ``describe()`` turns "killed by 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -69,6 +70,7 @@ async def run(argv: Sequence[str], *, timeout: float) -> RunResult:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=_env(),
+            start_new_session=True,  # its own process group: a timeout kills its children too
         )
     except FileNotFoundError:
         return RunResult(args, 127, "", "", time.monotonic() - start)
@@ -77,7 +79,11 @@ async def run(argv: Sequence[str], *, timeout: float) -> RunResult:
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
-        proc.kill()
+        # The whole group: a wrapper's children keep the pipes open, and communicate() below
+        # would wait for them. ProcessLookupError: every one of them exited as time ran out
+        # (asyncio's kill() raised it once the pipes had closed, and the pass failed).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         out, err = await proc.communicate()
         return RunResult(args, 124, out.decode(errors="replace"), "", time.monotonic() - start)
     rc = proc.returncode if proc.returncode is not None else -1

@@ -47,6 +47,16 @@ async def test_not_found_timeout_and_signal_are_named() -> None:
     assert res.describe().endswith("killed by signal SIGKILL")
 
 
+async def test_a_timeout_kills_the_children_too_and_returns() -> None:
+    """Found by the daemon soak: an rmmod wrapper that exited just as its timeout ran out
+    made kill() raise ProcessLookupError, and the whole reconcile pass failed. Its twin,
+    here: the shell is gone at once while its child holds the pipes past the timeout; a kill
+    of the shell alone left communicate() waiting 30 s for the child."""
+    res = await run(["/bin/sh", "-c", "/bin/sleep 30 & exit 0"], timeout=0.5)
+    assert res.returncode == 124 and "timed out" in res.describe()
+    assert res.seconds < 10
+
+
 def test_classify_kmod_messages() -> None:
     def r(err: str) -> RunResult:
         return RunResult(("modprobe",), 1, "", err, 0.0)
