@@ -209,6 +209,16 @@ class Orchestrator:
             self.picture.catalog, state, self.desired, policy, avoid, refused, self._arming.now()
         )
 
+    def look(self, touched: Sequence[str] | None = None) -> KernelState:
+        """Read the kernel — all of it, or after acting on ``touched`` what can have changed
+        — and notice what happened that klpd did not plan (patches wiped or refused)."""
+        state = self.read_state() if touched is None else self._port.read_changes(touched)
+        managed = self.picture.catalog.by_module()
+        replace_known = self.screening.replace_known(state, managed)
+        if self.books.observe(state, managed, replace_known):
+            self.reselect()
+        return state
+
     async def reconcile(self) -> None:
         """Plan and act, one action at a time, until the plan is empty."""
         self.counters.reconciles += 1
@@ -216,11 +226,7 @@ class Orchestrator:
         settle_polls = int(cfg.revert_timeout / cfg.poll_interval)
         touched: list[str] | None = None  # None: read all; else what can have changed
         while not self._stopping:
-            state = self.read_state() if touched is None else self._port.read_changes(touched)
-            managed = pic.catalog.by_module()
-            replace_known = self.screening.replace_known(state, managed)
-            if self.books.observe(state, managed, replace_known):
-                self.reselect()
+            state = self.look(touched)
             if state.transition is not None:
                 # Someone's transition (ours from a previous life, or another tool's).
                 t = state.transition
@@ -230,7 +236,7 @@ class Orchestrator:
             actions = self.plan_now(state)
             pic.state, pic.pending = state, actions
             if not actions:
-                freeing = unsettled(state, managed, self.memory.pinned)
+                freeing = unsettled(state, pic.catalog.by_module(), self.memory.pinned)
                 wanted = {o for n in self.desired for o in pic.catalog.patches[n].objects}
                 if objects_coming(state, wanted) or freeing:
                     # Before 5.11 the add uevent precedes init: wait for "live". A disabled

@@ -49,6 +49,8 @@ class Screening:
         "_inspect_refused",
         "_memory",
         "_quarantine_told",
+        "_replace_checked",
+        "_replace_found",
         "_reporter",
         "bootguard",
         "inspector",
@@ -66,6 +68,8 @@ class Screening:
         self._boot_hook = BootGuardHook(bootguard) if bootguard is not None else None
         self._inspect_refused: dict[str, str] = {}
         self._quarantine_told: set[str] = set()
+        self._replace_checked: set[str] = set()  # livepatches whose file was looked at
+        self._replace_found: set[str] = set()  # of those, the atomic-replace ones
 
     def around(self, hooks: Iterable[LoadHook]) -> list[LoadHook]:
         """``hooks`` with inspection first (a refused module is never opened) and the boot
@@ -95,6 +99,8 @@ class Screening:
         """Inspection refusals (again after every scan: a fixed file lifts its refusal) and
         the boot guard's quarantine; ``refusals`` as :meth:`inspect` found them (read now
         when not given)."""
+        self._replace_checked.clear()  # files may have changed: look at each one's again
+        self._replace_found.clear()
         if self.inspector is not None:
             if refusals is None:
                 refusals = self.inspector.screen_catalog(catalog)
@@ -129,12 +135,21 @@ class Screening:
             self._memory.release(module)
 
     def replace_known(self, state: KernelState, managed: Mapping[str, PatchModule]) -> set[str]:
-        """Enabled managed modules whose file the inspector knows to be atomic-replace."""
+        """Managed livepatches whose file the inspector knows to be atomic-replace.
+
+        Asked after every action: a livepatch's file is looked at when it first shows up
+        (stat, read again if it changed since it was inspected), not again while it stays;
+        a new catalog (:meth:`screen`) looks at them all again. So the cost per action is
+        that of the livepatches that came, not of every applied one (a ``stat`` each)."""
         if self.inspector is None:
             return set()
-        return self.inspector.replace_modules(
-            {n: managed[n] for n in state.livepatches if n in managed}
-        )
+        checked, found, present = self._replace_checked, self._replace_found, state.livepatches
+        checked.intersection_update(present)  # one that went and comes back is looked at again
+        found.intersection_update(present)
+        came = present.keys() - checked
+        found |= self.inspector.replace_modules({n: managed[n] for n in came if n in managed})
+        checked |= came
+        return set(found)
 
     def settled(self, action: Action, step: Step) -> None:
         if self.bootguard is not None and action.kind is ActionKind.LOAD and not step.applied:

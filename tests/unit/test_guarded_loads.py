@@ -11,7 +11,7 @@ from typing import Any
 from fakekernel import FakeKernel
 from klpd_sim.kofile import write_ko
 
-from klpd.core.model import Catalog, Patch, PatchModule
+from klpd.core.model import Catalog, KernelState, LivePatchState, Patch, PatchModule
 from klpd.core.screen import Undeterminable
 from klpd.core.status import Event, EventKind, ModuleStatus, PatchStatus
 from klpd.kernel.klpinspect import DEFAULT_LAYOUT
@@ -254,3 +254,47 @@ async def test_restart_in_the_same_boot_still_closes_the_records(tmp_path: Path)
         await run
     w.start("boot-2")
     assert w.bootguard.quarantined == {}
+
+
+class CountingInspector(ModuleInspector):
+    """Says which modules' files the orchestrator asked about, in order."""
+
+    __slots__ = ("looked",)
+
+    def __init__(self) -> None:
+        super().__init__(DEFAULT_LAYOUT, Undeterminable("refuse"))
+        self.looked: list[str] = []
+
+    def is_replace(self, pm: PatchModule) -> bool:
+        self.looked.append(pm.module)
+        return super().is_replace(pm)
+
+
+def applied(*names: str) -> KernelState:
+    return KernelState(RELEASE, livepatches={n: LivePatchState(n, True, False) for n in names})
+
+
+def test_a_livepatch_file_is_looked_at_when_it_shows_up_not_after_every_action(
+    tmp_path: Path,
+) -> None:
+    w = World(tmp_path, build(tmp_path, "lpa", ("ext4",)), build(tmp_path, "lprep"))
+    counting = w.orch.screening.inspector = CountingInspector()
+    managed = w.orch.catalog.by_module()
+    # lprep's file, replaced on disk by an atomic-replace build after the scan
+    write_ko(Path(managed["lprep__vmlinux"].path), {"livepatch": "Y", "klpd_sim_replace": "Y"})
+    known = w.orch.screening.replace_known
+    # another tool's replace patch, lpa's main, a foreign livepatch
+    assert known(applied("lprep__vmlinux", "lpa__vmlinux", "other__x"), managed) == {
+        "lprep__vmlinux"
+    }
+    assert sorted(counting.looked) == ["lpa__vmlinux", "lprep__vmlinux"]
+    state = applied("lprep__vmlinux", "lpa__vmlinux", "lpa__ext4", "other__x")
+    assert known(state, managed) == {"lprep__vmlinux"}
+    assert counting.looked[2:] == ["lpa__ext4"]  # only the one that came
+    assert known(applied("lpa__vmlinux", "lpa__ext4"), managed) == set()  # lprep went
+    assert known(state, managed) == {"lprep__vmlinux"}  # and came back: looked at again
+    assert counting.looked[3:] == ["lprep__vmlinux"]
+    w.orch.rescan()  # a new catalog: files may have changed
+    counting.looked.clear()
+    assert known(state, managed) == {"lprep__vmlinux"}
+    assert sorted(counting.looked) == ["lpa__ext4", "lpa__vmlinux", "lprep__vmlinux"]
