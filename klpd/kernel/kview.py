@@ -72,6 +72,15 @@ def _subdirs(path: str) -> list[str]:
         return []
 
 
+def _entries(path: str) -> list[str]:
+    """``/sys/module`` or ``/sys/kernel/livepatch``: every entry there is a kobject's
+    directory, so a plain listing (no per-entry type check: half the cost at 1,000)."""
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
 class KernelView:
     """The last :class:`KernelState` read, kept up to date by :meth:`refresh`."""
 
@@ -80,8 +89,12 @@ class KernelView:
         "_by_object",
         "_livepatches",
         "_lp_dir",
+        "_lp_listing",
         "_mod_dir",
+        "_mod_listing",
         "_modules",
+        "_moving_lps",
+        "_not_live",
         "_touched",
         "_was_livepatch",
         "reads",
@@ -98,6 +111,12 @@ class KernelView:
         self._was_livepatch: set[str] = set()
         self._by_object: dict[str, set[str]] = {}  # object -> livepatches with that object
         self._touched: set[str] = set()
+        # what is still moving, kept up to date as things are read (not searched for)
+        self._not_live: set[str] = set()  # modules coming or going
+        self._moving_lps: set[str] = set()  # livepatches in transition or disabled
+        # the last listings of the two directories, as listed and as sets
+        self._mod_listing: tuple[list[str], frozenset[str]] = ([], frozenset())
+        self._lp_listing: tuple[list[str], frozenset[str]] = ([], frozenset())
         self.reads = 0  # directories read (a module or a livepatch), for the bench and tests
 
     # --- reading one thing ---------------------------------------------------------------
@@ -130,16 +149,44 @@ class KernelView:
             objects=objects,
         )
 
+    def _forget_module(self, name: str) -> None:
+        self._modules.pop(name, None)
+        self._builtin.discard(name)
+        self._not_live.discard(name)
+
+    def _keep_module(self, name: str, m: LoadedModule | None) -> None:
+        if m is None:
+            self._builtin.add(name)
+            return
+        self._modules[name] = m
+        if not m.live:
+            self._not_live.add(name)
+
     def _forget_livepatch(self, name: str) -> None:
         lp = self._livepatches.pop(name, None)
+        self._moving_lps.discard(name)
         for obj in lp.objects if lp is not None else ():
             self._by_object.get(obj, set()).discard(name)
 
     def _keep_livepatch(self, lp: LivePatchState) -> None:
         self._livepatches[lp.name] = lp
         self._was_livepatch.add(lp.name)
+        if lp.transition or not lp.enabled:
+            self._moving_lps.add(lp.name)
         for obj in lp.objects:
             self._by_object.setdefault(obj, set()).add(lp.name)
+
+    @staticmethod
+    def _list(
+        path: str, last: tuple[list[str], frozenset[str]]
+    ) -> tuple[tuple[list[str], frozenset[str]], set[str]]:
+        """The directory's listing now, and the names that came or went since ``last`` (an
+        unchanged listing — the common case — is one list comparison)."""
+        names = _entries(path)
+        if names == last[0]:
+            return last, set()
+        listed = frozenset(names)
+        return (names, listed), set(listed ^ last[1])
 
     def _state(self) -> KernelState:
         return KernelState(
@@ -155,13 +202,13 @@ class KernelView:
         self._by_object.clear()
         self._builtin.clear()
         self._touched.clear()
-        for name in _subdirs(self._mod_dir):
-            m = self._read_module(name)
-            if m is None:
-                self._builtin.add(name)
-            else:
-                self._modules[name] = m
-        for name in _subdirs(self._lp_dir):
+        self._not_live.clear()
+        self._moving_lps.clear()
+        self._mod_listing, _ = self._list(self._mod_dir, ([], frozenset()))
+        self._lp_listing, _ = self._list(self._lp_dir, ([], frozenset()))
+        for name in self._mod_listing[0]:
+            self._keep_module(name, self._read_module(name))
+        for name in self._lp_listing[0]:
             lp = self._read_livepatch(name)
             if lp is not None:
                 self._keep_livepatch(lp)
@@ -172,33 +219,29 @@ class KernelView:
         self._touched.update(modules)
 
     def refresh(self) -> KernelState:
-        """What can have changed since the last read, read again (see the module doc)."""
-        listed_mods = set(_subdirs(self._mod_dir))
-        listed_lps = set(_subdirs(self._lp_dir))
-        known_mods = set(self._modules) | self._builtin
-        came_or_went = (listed_mods ^ known_mods) | self._touched
-        mods = came_or_went | {
-            n
-            for n, m in self._modules.items()
-            if not m.live or (n in self._was_livepatch and n not in listed_lps)
-        }
-        lps = (listed_lps ^ set(self._livepatches)) | (self._touched & listed_lps)
-        lps |= {n for n, lp in self._livepatches.items() if lp.transition or not lp.enabled}
+        """What can have changed since the last read, read again (see the module doc).
+
+        After every read the modules known (loaded or built-in) are the last listing of
+        ``/sys/module``, and the livepatches known are the last listing of
+        ``/sys/kernel/livepatch`` but those that could not be read (vanishing): what came or
+        went is the difference of two listings."""
+        self._mod_listing, came_or_went = self._list(self._mod_dir, self._mod_listing)
+        self._lp_listing, _ = self._list(self._lp_dir, self._lp_listing)
+        listed_mods, listed_lps = self._mod_listing[1], self._lp_listing[1]
+        came_or_went |= self._touched
+        # a livepatch gone: its module's reference drops after the directory
+        gone_lps = self._livepatches.keys() - listed_lps
+        mods = came_or_went | self._not_live | gone_lps
+        mods |= (self._was_livepatch - listed_lps) & self._modules.keys()
+        lps = (listed_lps - self._livepatches.keys()) | gone_lps | (self._touched & listed_lps)
+        lps |= self._moving_lps
         for obj in came_or_went:
             lps |= self._by_object.get(obj, set())
-        # a livepatch gone: its module's reference drops after the directory
-        mods |= set(self._livepatches) - listed_lps
         self._touched.clear()
         for name in mods:
-            self._modules.pop(name, None)
-            self._builtin.discard(name)
-            if name not in listed_mods:
-                continue
-            m = self._read_module(name)
-            if m is None:
-                self._builtin.add(name)
-            else:
-                self._modules[name] = m
+            self._forget_module(name)
+            if name in listed_mods:
+                self._keep_module(name, self._read_module(name))
         for name in lps:
             self._forget_livepatch(name)
             lp = self._read_livepatch(name) if name in listed_lps else None
