@@ -6,7 +6,7 @@ files with 1,000 applied patch modules and 300 targets, hundreds of milliseconds
 action changes a handful. :class:`KernelView` keeps the last state and, on
 :meth:`KernelView.refresh`, reads again only:
 
-- what appeared in or vanished from the two directories (one ``scandir`` each: loads,
+- what appeared in or vanished from the two directories (one listing each: loads,
   unloads, dependencies modprobe pulled in, patches an atomic-replace patch wiped, patches
   whose disable finished);
 - what the caller says it touched (the module an action named);
