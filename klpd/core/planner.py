@@ -209,12 +209,17 @@ def _plan_patch(
     if main is None or not _ensure_loaded(out, state, main, Reason.MAIN_FIRST, avoid):
         return False
     complete = True
+    loaded, livepatches = state.modules, state.livepatches
     for obj in patch.objects:
         pm = patch.modules[obj]
-        if state.object_live(obj):
+        target = loaded.get(obj)
+        if target is not None and target.live:  # state.object_live(obj), inlined: per module
+            lp = livepatches.get(pm.module)
+            if lp is not None and lp.enabled:
+                continue  # applied: the common case, once a patch is in
             if not _ensure_loaded(out, state, pm, Reason.OBJECT_LOADED, avoid):
                 complete = False
-        elif obj not in state.modules:
+        elif target is None:
             if policy is RemovalPolicy.REMOVE and pm.module in arming:
                 complete = False  # its object is about to come
             elif policy is RemovalPolicy.REMOVE:
