@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from klpd.core.model import KernelState, PatchModule
@@ -55,11 +56,15 @@ def wiped_by_replace(
     loaded_by_us: Collection[str],
     disabling: Collection[str],
     managed: Mapping[str, PatchModule],
+    applied: AbstractSet[str] | None = None,
 ) -> Wipe | None:
     """Patches that vanished without klpd disabling them: an atomic-replace patch wipes
     every patch enabled before it, so what is still enabled is the culprit — or was loaded
-    after it, which only klpd itself would have done (``loaded_by_us``)."""
-    now_applied = {n for n, lp in state.livepatches.items() if lp.enabled}
+    after it, which only klpd itself would have done (``loaded_by_us``). ``applied``: the
+    enabled livepatches of ``state``, when the caller has them already."""
+    now_applied = (
+        applied if applied is not None else {n for n, lp in state.livepatches.items() if lp.enabled}
+    )
     gone = frozenset(
         n
         for n in set(applied_seen) - now_applied - set(disabling)

@@ -59,12 +59,11 @@ class ReplaceGuard:
         atomic-replace patch wiped the others since the last look. ``replace_known``: enabled
         livepatches whose module file says atomic-replace."""
         refusals: list[Refusal] = []
-        enabled = {n for n, lp in state.livepatches.items() if lp.enabled}
-        known = {n for n in enabled if state.livepatches[n].replace or n in replace_known}
-        known |= self.replace_seen & enabled
-        for name, lp in state.livepatches.items():
+        enabled, settled, replace_attr = _enabled_settled_replace(state)
+        known = (replace_attr | (set(replace_known) | self.replace_seen)) & enabled
+        for name in replace_attr:
             pm = managed.get(name)
-            if lp.replace and pm is not None and pm.patch not in refused:
+            if pm is not None and pm.patch not in refused:
                 refusals.append(Refusal(pm.patch, f"sysfs shows {name} replace=1"))
         wipe = wiped_by_replace(
             state,
@@ -72,6 +71,7 @@ class ReplaceGuard:
             loaded_by_us=self.loaded_by_us,
             disabling=(),  # a disable runs to its end inside one step: never seen half-way
             managed=managed,
+            applied=enabled,
         )
         message = ""
         if wipe is not None:
@@ -89,7 +89,7 @@ class ReplaceGuard:
         # Only patches whose transition has ended: an atomic-replace patch wipes those, and
         # a patch still in transition may be reverted (a stall policy: ours or an admin's)
         # — it then vanishes with no replace patch anywhere (the soak found this).
-        self.applied_seen = {n for n in enabled if not state.livepatches[n].transition}
+        self.applied_seen = settled
         self.replace_seen = known
         return Findings(_unique(refusals), message, frozenset(known))
 
@@ -113,6 +113,22 @@ class ReplaceGuard:
         """klpd disabled ``module``: its vanishing is no wipe."""
         self.applied_seen.discard(module)
         self.loaded_by_us.pop(module, None)
+
+
+def _enabled_settled_replace(state: KernelState) -> tuple[set[str], set[str], set[str]]:
+    """The livepatches enabled, enabled and out of transition, and showing ``replace=1``:
+    one pass over every livepatch (this runs after every action)."""
+    enabled: set[str] = set()
+    settled: set[str] = set()
+    replace: set[str] = set()
+    for name, lp in state.livepatches.items():
+        if lp.replace:
+            replace.add(name)
+        if lp.enabled:
+            enabled.add(name)
+            if not lp.transition:
+                settled.add(name)
+    return enabled, settled, replace
 
 
 def _unique(refusals: Sequence[Refusal]) -> tuple[Refusal, ...]:
