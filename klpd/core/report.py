@@ -253,6 +253,11 @@ class SnapshotBuilder:
         quarantined: Collection[str] = (),
     ) -> Snapshot:
         """The arguments of :func:`build_snapshot`."""
+        last = self._last  # the transition watcher publishes twice with the same state
+        if last is not None and last.state is state:
+            functions = last.functions
+        else:
+            functions = live_functions(state)
         now = _Inputs(
             catalog=catalog,
             state=state,
@@ -260,7 +265,7 @@ class SnapshotBuilder:
             notes=dict(notes),
             refused=refused,
             refusals=dict(refusals or {}),
-            functions=live_functions(state),
+            functions=functions,
             loading=frozenset(a.module for a in pending if a.kind is ActionKind.LOAD),
             unapplying=frozenset(a.module for a in pending if a.kind is not ActionKind.LOAD),
             failures=dict(failures),

@@ -38,9 +38,9 @@ def _on_stack(lp: LivePatchState, obj: str) -> bool:
 
 def live_functions(state: KernelState) -> tuple[FunctionVersion, ...]:
     """Per patched function, the live version; empty where the kernel has no stack_order."""
-    ordered = [lp for lp in state.livepatches.values() if lp.stack_order is not None]
-    if not ordered or len(ordered) != len(state.livepatches):
-        return ()
+    if not state.livepatches or any(lp.stack_order is None for lp in state.livepatches.values()):
+        return ()  # (before 6.13 the first livepatch says so: this runs at every publish)
+    ordered = list(state.livepatches.values())
     ordered.sort(key=lambda lp: lp.stack_order or 0, reverse=True)  # top first
     stacks: dict[tuple[str, str], list[LivePatchState]] = {}
     for lp in ordered:
