@@ -210,12 +210,11 @@ class Orchestrator:
         )
 
     def look(self, touched: Sequence[str] | None = None) -> KernelState:
-        """Read the kernel — all of it, or after acting on ``touched`` what can have changed
-        — and notice what happened that klpd did not plan (patches wiped or refused)."""
+        """Read the kernel (all, or what acting on ``touched`` can have changed); notice
+        what klpd did not plan (patches wiped or refused)."""
         state = self.read_state() if touched is None else self._port.read_changes(touched)
         managed = self.picture.catalog.by_module()
-        replace_known = self.screening.replace_known(state, managed)
-        if self.books.observe(state, managed, replace_known):
+        if self.books.observe(state, managed, self.screening.replace_known(state, managed)):
             self.reselect()
         return state
 
