@@ -68,7 +68,8 @@ async def polkit_check(bus: MessageBus, sender: str, action: str, interactive: b
         ) from None
     if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
         why = f"{reply.error_name}: {reply.body[0] if reply.body else ''}" if reply else "?"
-        log.warning("polkit unreachable for %s: %s", sender, why)
+        # said in the refusal (logged once per uid and 10 s: klpd.dbus.limits.RefusalLog)
+        log.debug("polkit unreachable for %s: %s", sender, why)
         raise AccessDenied(f"not root, and polkit ({POLKIT_NAME}) is unreachable ({why})")
     is_authorized, _is_challenge, _details = reply.body[0]
     return bool(is_authorized)

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 MAX_REMEMBERED_CALLERS = 4096
 # How long a polkit "no" for a read (stacks, the wait reserve) is taken as the answer.
 READ_VERDICT_SECONDS = 10.0
+# A uid's refused calls are logged once per this (with the count of the others).
+REFUSAL_LOG_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,30 @@ def _decrement(counter: Counter[Any], key: object) -> None:
         del counter[key]
 
 
+class RefusalLog:
+    """A warning for the first refused call of a uid in each :data:`REFUSAL_LOG_SECONDS`;
+    the others are counted and summed up in the next warning. An unprivileged flood of
+    1,000 refused calls a second otherwise wrote as many journal lines, and journald's rate
+    limit (10,000 per 30 s by default) would then drop klpd's own messages."""
+
+    def __init__(self, interval: float = REFUSAL_LOG_SECONDS) -> None:
+        self.interval = interval
+        self._last: OrderedDict[int, tuple[float, int]] = OrderedDict()  # uid -> (logged, since)
+
+    def refused(self, uid: int, sender: str, what: str, why: str) -> None:
+        now = time.monotonic()
+        last = self._last.get(uid)
+        if last is not None and now - last[0] < self.interval:
+            self._last[uid] = (last[0], last[1] + 1)
+            return
+        more = f" (and {last[1]} more since the last warning)" if last and last[1] else ""
+        log.warning("refused %s from uid %d (%s): %s%s", what, uid, sender, why, more)
+        self._last.pop(uid, None)
+        self._last[uid] = (now, 0)
+        while len(self._last) > MAX_REMEMBERED_CALLERS:
+            self._last.popitem(last=False)
+
+
 class Callers:
     """The uid behind a sender, and whether it may change state (root or polkit)."""
 
@@ -126,6 +152,11 @@ class Callers:
         self._uids: OrderedDict[str, int] = OrderedDict()
         self._refused: dict[int, float] = {}  # uid -> when polkit last said no (for reads)
         self.checks = Slots("authorisation", auth_bounds)
+        self.refusals = RefusalLog()
+
+    def note_refusal(self, sender: str, what: str, why: str) -> None:
+        """Log a refused call of ``sender`` (throttled per uid; -1 if its uid is unknown)."""
+        self.refusals.refused(self._uids.get(sender, -1), sender, what, why)
 
     async def uid(self, sender: str) -> int:
         known = self._uids.get(sender)
@@ -233,6 +264,7 @@ __all__ = [
     "BlockingCache",
     "Bounds",
     "Callers",
+    "RefusalLog",
     "Slots",
     "Throttle",
     "without_stacks",

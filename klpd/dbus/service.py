@@ -288,8 +288,8 @@ class ManagerInterface(ServiceInterface):
         interactive = bool(call.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)
         try:
             uid = await self.callers.authorize(sender, what, interactive=interactive)
-        except DBusError:
-            log.warning("refused %s from %s", what, sender)
+        except DBusError as e:
+            self.callers.note_refusal(sender, what, e.text)
             raise
         log.info("%s requested by uid %d (%s)", what, uid, sender)
 

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from typing import Any
 
 from dbus_fast import MessageType
 from dbus_fast.aio import MessageBus
 from dbus_flood import flood_argv
-from dbus_helpers import AS_NOBODY, FakeController
+from dbus_helpers import AS_NOBODY, NOBODY, FakeController
 from fake_polkit import start_fake_polkit
 from klpd_on_bus import RSS_GROWTH_KIB, Served, call, root, rss_kib, served, still_serves
 
 from klpd.dbus import names
-from klpd.dbus.limits import AUTH_BOUNDS, Bounds
+from klpd.dbus.limits import AUTH_BOUNDS, REFUSAL_LOG_SECONDS, Bounds
 from klpd.dbus.service import start_dbus
 
 __all__ = ["root", "served"]  # fixtures
@@ -104,6 +105,9 @@ async def test_flood_without_polkit_is_refused_and_bounded(
 ) -> None:
     connections, calls = 8, 250
     before = rss_kib(served)
+    warning = f"refused EnablePatch from uid {NOBODY}"
+    warned = served.klpd.log().count(warning)
+    start = time.monotonic()
     flood = await Flood.start(served.address, connections, calls)
     try:
         first = await flood.lines(connections)
@@ -111,6 +115,10 @@ async def test_flood_without_polkit_is_refused_and_bounded(
         rest = await flood.lines(connections * calls - connections)
     finally:
         await flood.stop()
+    # 2,000 refusals, a warning per uid and REFUSAL_LOG_SECONDS (not 2,000 journal lines;
+    # none if the test before warned about uid 65534 within those seconds)
+    logged = served.klpd.log().count(warning) - warned
+    assert logged <= 1 + (time.monotonic() - start) / REFUSAL_LOG_SECONDS
     # refused by klpd (polkit unreachable), or at the bound on checks in flight per uid
     refusals = {f"error {names.ERROR_ACCESS_DENIED}", f"error {names.ERROR_BUSY}"}
     assert set(first + rest) <= refusals

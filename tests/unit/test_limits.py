@@ -12,7 +12,7 @@ from klpd.core.names import NameError_, shown, validate_patch_name
 from klpd.dbus import names
 from klpd.dbus.calls import MAX_ARGUMENTS_SIZE, arguments_size, refuse_oversized
 from klpd.dbus.errors import Busy
-from klpd.dbus.limits import WAIT_BOUNDS, Bounds, Slots, Throttle
+from klpd.dbus.limits import WAIT_BOUNDS, Bounds, RefusalLog, Slots, Throttle
 
 
 def test_many_unprivileged_users_cannot_take_the_reserve() -> None:
@@ -94,3 +94,17 @@ def test_names_quote_at_most_the_start_of_a_refused_name() -> None:
         validate_patch_name("\x01" * 1_000_000)
     assert len(str(refused.value)) < 400 and "(1000000 characters)" in str(refused.value)
     assert shown("lpa") == "'lpa'"
+
+
+def test_refusals_are_logged_once_per_uid_and_interval(caplog: pytest.LogCaptureFixture) -> None:
+    refusals = RefusalLog(interval=3600.0)
+    for n in range(1000):
+        refusals.refused(65534, f":1.{n}", "EnablePatch", "polkit is unreachable")
+    refusals.refused(1000, ":1.9", "Reload", "uid 1000 has neither")
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused EnablePatch from uid 65534 (:1.0): polkit is unreachable",
+        "refused Reload from uid 1000 (:1.9): uid 1000 has neither",
+    ]
+    refusals.interval = 0.0  # the next one is logged, with the count of those swallowed
+    refusals.refused(65534, ":1.5", "EnablePatch", "polkit is unreachable")
+    assert caplog.records[-1].getMessage().endswith("(and 999 more since the last warning)")
