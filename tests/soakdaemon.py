@@ -7,7 +7,8 @@ files at every quiescent point.
 Faults klpd meets through its tools: its ``modprobe``/``rmmod`` are wrappers around the
 sim's (:data:`WRAPPER`) that read one-shot fault files the steps leave in a directory: fail
 or hang the next modprobe of a module, start another tool's transition first (klpd's EBUSY),
-SIGKILL klpd (their parent) right after the n-th call.
+SIGKILL klpd (their parent) right after the n-th call. The sim itself SIGKILLs klpd right
+after its n-th write to a livepatch's ``enabled``/``force`` took effect.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ KLPCTL = str(Path(sys.executable).parent / "klpctl")
 KINDS = {
     "load": 14, "unload": 10, "install": 5, "uninstall": 3, "reload": 4, "enable": 3,
     "disable": 3, "fail": 3, "hang": 1, "stall": 3, "unstall": 3, "foreign": 2,
-    "foreign_off": 2, "race": 2, "overflow": 1.5, "kill": 2, "sigkill": 1, "bus_down": 1,
-    "bus_up": 1, "quiesce": 4,
+    "foreign_off": 2, "race": 2, "overflow": 1.5, "kill": 2, "kill_write": 1.5, "sigkill": 1,
+    "bus_down": 1, "bus_up": 1, "quiesce": 4,
 }  # fmt: skip
 WRAPPER = """#!/bin/sh
 # klpd's {tool} in the daemon soak: the sim's, with the one-shot faults armed in $F
@@ -76,7 +77,7 @@ def generate(seed: int, n: int) -> list[Step]:
             out.append((k, rng.choice(modules)))
         elif k in ("stall", "unstall"):
             out.append((k, rng.choice(["vmlinux", *targets])))
-        elif k == "kill":
+        elif k in ("kill", "kill_write"):
             out.append((k, rng.randint(1, 4)))
         elif k == "overflow":
             out.append((k, rng.choice(targets)))
@@ -96,7 +97,7 @@ class Figures:
     quiescent_checks: int = 0
     invariant_checks: int = 0
     kills: int = 0  # SIGKILLs of klpd (then a restart)
-    kills_after_tool: int = 0  # of which by the tool wrapper, right after a modprobe/rmmod
+    kills_armed: int = 0  # of which armed: after a modprobe/rmmod (wrapper), a sysfs write (sim)
     bus_restarts: int = 0
     klpctl_calls: int = 0
     peak_rss_kb: int = 0  # klpd's VmHWM, the highest seen
@@ -157,7 +158,7 @@ class DaemonWorld:
         if proc.returncode != -signal.SIGKILL:
             raise InvariantError(f"klpd exited with {proc.returncode}:\n{self.klpd.log()[-3000:]}")
         self.fig.kills += 1
-        self.fig.kills_after_tool += not self._killing
+        self.fig.kills_armed += not self._killing
         self.klpd.proc = None
         self.klpd.start(wait_ready=False)
 
@@ -246,8 +247,12 @@ class DaemonWorld:
         elif kind == "overflow":
             self.overflow(args[0])
         elif kind == "kill":
-            self.fig.faults["sigkill-armed"] += 1
+            self.fig.faults["sigkill-armed-tool"] += 1
             (self.faults / "kill").write_text(f"{args[0]}\n")
+        elif kind == "kill_write":
+            self.fig.faults["sigkill-armed-write"] += 1
+            if self.klpd.proc is not None:
+                sim.kill_after_writes(self.klpd.proc.pid, args[0])
         elif kind == "sigkill":
             self.fig.faults["sigkill-now"] += 1
             self.sigkill()

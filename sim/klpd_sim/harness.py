@@ -215,6 +215,11 @@ class SimKernel:
         out = self._call({"cmd": "unstall", "name": obj}, True)["stdout"]
         return [int(p) for p in out.split()]
 
+    def kill_after_writes(self, pid: int, count: int) -> None:
+        """SIGKILL process ``pid`` right after the ``count``-th write to a livepatch's
+        ``enabled``/``force`` has taken effect (its transition started); 0 disarms."""
+        self._call({"cmd": "kill_after_writes", "pid": pid, "count": count}, True)
+
     def status(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self._call({"cmd": "status"}, True)["stdout"])
         return data

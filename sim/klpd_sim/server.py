@@ -59,6 +59,7 @@ class SimServer:
         self._wd_of: dict[str, int] = {}
         self.kernel: Kernel | None = None
         self._stop = asyncio.Event()
+        self._kill_after: tuple[int, int] | None = None  # (pid, writes left): a test's SIGKILL
 
     # --- kernel hooks --------------------------------------------------------------
 
@@ -127,6 +128,18 @@ class SimServer:
                 event.name,
                 os.strerror(err) if err else "ok",
             )
+            self._count_write()
+
+    def _count_write(self) -> None:
+        """SIGKILL the writer a test named once its n-th write took effect (``kill_after``)."""
+        if self._kill_after is None:
+            return
+        pid, left = self._kill_after
+        self._kill_after = (pid, left - 1) if left > 1 else None
+        if left <= 1:
+            log.info("SIGKILL to %d after its write", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     # --- client requests ------------------------------------------------------------
 
@@ -151,6 +164,10 @@ class SimServer:
         if cmd == "unstall":
             pids = k.unstall(name)
             return ToolResult(0, stdout="".join(f"{p}\n" for p in pids))
+        if cmd == "kill_after_writes":
+            pid, count = int(req["pid"]), int(req["count"])
+            self._kill_after = (pid, count) if count > 0 else None
+            return ToolResult(0)
         if cmd == "status":
             return ToolResult(0, stdout=json.dumps(snapshot(k), indent=2) + "\n")
         if cmd == "stop":

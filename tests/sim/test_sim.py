@@ -206,6 +206,26 @@ def test_disable_then_rmmod(sim: SimKernel) -> None:
     assert not (sim.root / "sys/module/lpa__ext4").exists()
 
 
+def test_kill_after_writes_sigkills_the_writer_once_its_write_took_effect(
+    sim: SimKernel,
+) -> None:
+    """The daemon soak's SIGKILL right after a sysfs write."""
+    sim.modprobe("ext4")
+    load_and_settle(sim, "lpa__vmlinux", "lpa__ext4")
+    writer = subprocess.Popen(["sleep", "60"])
+    try:
+        sim.kill_after_writes(writer.pid, 2)
+        sim.write_attr("lpa__ext4", "enabled", "0")
+        wait_for(gone(sim, f"{LP}/lpa__ext4"), TIMEOUT)
+        assert writer.poll() is None  # one write: not yet
+        sim.write_attr("lpa__vmlinux", "enabled", "0")
+        assert writer.wait(TIMEOUT) == -signal.SIGKILL
+        assert sim.read(f"{LP}/lpa__vmlinux/enabled") in ("0", None)  # after the write
+    finally:
+        writer.kill()
+        writer.wait()
+
+
 def test_invalid_writes_change_nothing(sim: SimKernel) -> None:
     load_and_settle(sim, "lpa__vmlinux")
     writes = [("enabled", "1"), ("enabled", "bogus"), ("force", "1")]  # all EINVAL

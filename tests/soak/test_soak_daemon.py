@@ -58,7 +58,7 @@ def test_daemon_soak(tmp_path: Path) -> None:
     print(
         f"daemon soak: {fig.steps} steps in {elapsed:.1f} s, {fig.quiescent_checks} quiescent "
         f"points, {fig.invariant_checks} invariant checks, {fig.kills} SIGKILL + restart "
-        f"({fig.kills_after_tool} right after a modprobe/rmmod), "
+        f"({fig.kills_armed} right after a modprobe/rmmod/sysfs write), "
         f"{fig.bus_restarts} dbus-daemon restarts, {fig.klpctl_calls} klpctl calls, klpd peak "
         f"RSS {fig.peak_rss_kb / 1024:.1f} MiB, faults {dict(sorted(fig.faults.items()))}; "
         f"seconds by step kind {slowest}"
