@@ -75,6 +75,10 @@ class DbusStartError(RuntimeError):
     """The service could not start (bus unreachable, name taken, policy denies it)."""
 
 
+class BusUnreachableError(DbusStartError):
+    """No bus listens at the address (yet): dbus-daemon is down or restarting."""
+
+
 # --- the interface ----------------------------------------------------------------------
 
 
@@ -355,7 +359,7 @@ async def connect_bus(bus: str) -> MessageBus:
             msgbus = MessageBus(bus_address=bus)
         connected = await msgbus.connect()
     except Exception as e:
-        raise DbusStartError(f"cannot connect to the {bus} bus: {e}") from e
+        raise BusUnreachableError(f"cannot connect to the {bus} bus: {e}") from e
     wait_when_the_socket_is_full(connected)
     return connected
 

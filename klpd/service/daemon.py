@@ -3,8 +3,9 @@ reads) run in a worker thread so the loop keeps answering while hostile files ar
 
 Order at start-up matters for crash-only behaviour: the uevent monitor is armed *before*
 the first reconcile reads sysfs, so a module that comes while we read is seen either in
-sysfs or as an event; READY=1 is sent once the bus name is owned, the monitor is armed and
-the first reconcile is planned. Stopping never unloads anything (kpatch learnt why).
+sysfs or as an event; READY=1 is sent once the bus name is owned (or the bus found absent:
+klpd joins it when it comes), the monitor is armed and the first reconcile is planned.
+Stopping never unloads anything (kpatch learnt why).
 """
 
 from __future__ import annotations
@@ -180,9 +181,15 @@ class Daemon:
         source.start(loop)
 
         if self.config.dbus.enabled:
-            from klpd.dbus.service import start_dbus
+            from klpd.dbus.service import BusUnreachableError, start_dbus
 
-            self._dbus = await start_dbus(self.control, self.config.dbus.bus)
+            try:
+                self._dbus = await start_dbus(self.control, self.config.dbus.bus)
+            except BusUnreachableError as e:
+                # As after a bus loss: patch from udev events meanwhile, join the bus when it
+                # is back. Exiting left the host unpatched until dbus-daemon was (found by
+                # the daemon soak: klpd restarted while dbus-daemon was down exited 1).
+                log.warning("%s; orchestrating without it, connecting every second", e)
             tasks.append(loop.create_task(self._stay_on_bus(), name="bus"))
 
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -60,6 +60,28 @@ def test_bus_restart_keeps_the_kernel_work_and_comes_back(
         bus.stop()
 
 
+def test_started_while_the_bus_is_down_patches_and_joins_it_later(
+    sim: SimKernel, make_klpd: MakeKlpd
+) -> None:
+    """Found by the daemon soak: klpd restarted while dbus-daemon was down exited 1, and
+    nothing was patched until the bus came back (under systemd: until the restart limit)."""
+    bus = start_private_bus()
+    try:
+        address = f"unix:path={bus.directory}/bus"
+        bus.crash()
+        sim.modprobe("ext4")
+        k = make_klpd({"patches": {"desired": ["lpa"]}, "dbus": {"enabled": True, "bus": address}})
+        k.start()  # READY=1 without the bus
+        wait_for(lambda: applied(sim) == {"lpa__vmlinux", "lpa__ext4"}, 60, "lpa applied")
+        assert "cannot connect to the" in k.log() and "orchestrating without it" in k.log()
+        bus.relaunch()
+        wait_for(lambda: describe(address).returncode == 0, 60, "klpd on the bus")
+        assert "lpa__ext4" in describe(address).stdout
+        k.check_alive()
+    finally:
+        bus.stop()
+
+
 async def lose_the_bus() -> str:
     """A service over a FakeController; its dbus-daemon dies; events come at once and after
     the disconnect. What is left subscribed, and what the events raised."""
