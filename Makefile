@@ -45,6 +45,7 @@ bench: setup
 	$(PY) bench/burst_converge.py
 	$(PY) bench/klpctl_status.py
 	$(PY) bench/dbus_describe.py
+	$(PY) bench/dbus_load.py
 	$(PY) bench/unpatched_window.py
 	$(PY) bench/inspect_modules.py
 	$(PY) bench/boot_converge.py

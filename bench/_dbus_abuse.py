@@ -175,6 +175,14 @@ async def abuse_phase(a: argparse.Namespace, address: str, k: KlpdProcess, sim: 
         print(row)
     for condition, text in floods.items():
         print(f"flood, {condition}: {text}")
+    flooded = [r for c, r in results.items() if c != "quiet"]
+    worst_ctl = max(pct(r[w], 99) for r in flooded for w in TIMED[:2])
+    worst_call = max(pct(r[w], 99) for r in flooded for w in TIMED[2:])
+    answered = sum(len(v) for r in results.values() for v in r.values())
+    print(
+        f"root: all {answered} commands and calls answered, none refused; worst p99 under a "
+        f"flood: klpctl {worst_ctl * 1e3:.0f} ms, in-process call {worst_call * 1e3:.0f} ms"
+    )
     print(
         "klpd RSS (MiB): "
         + ", ".join(f"{c} {m['VmRSS'] / 1024:.1f}" for c, m in memory.items())
