@@ -10,7 +10,8 @@ reply is printed as a line, ``ok`` or ``error <name>`` (``wait ok`` / ``wait err
 for the waits); with ``--summary`` one JSON line once connected (``{"connected": N}``), then
 nothing until the calls are done, then one JSON object counting the lines (and
 ``seconds``: how long the calls took). It exits at EOF
-on stdin, keeping its connections (and pending calls) until then. The tests
+on stdin, keeping its connections (and pending calls) until then; without ``--summary`` its
+calls still pending are dropped then. The tests
 (tests/e2e/test_dbus_abuse.py) and ``bench/dbus_load.py`` share it.
 """
 
@@ -100,10 +101,14 @@ async def flood(a: argparse.Namespace) -> None:
     if a.summary:  # the caller may start measuring
         print(json.dumps({"connected": len(buses)}), flush=True)
     start = time.monotonic()
-    await asyncio.gather(*(calls(bus, more) for bus in buses))
-    if a.summary:
+    work = asyncio.gather(*(calls(bus, more) for bus in buses))
+    if a.summary:  # the calls end at EOF: count what they got
+        await work
         print(json.dumps({**counts, "seconds": round(time.monotonic() - start, 3)}), flush=True)
-    await eof
+        await eof
+    else:  # EOF ends it all, calls still waiting for a reply included
+        await eof
+        work.cancel()
     for task in waits:
         task.cancel()
 

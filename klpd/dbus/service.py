@@ -291,7 +291,9 @@ class ManagerInterface(ServiceInterface):
         sender = call.sender or ""
         interactive = bool(call.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)
         try:
-            uid = await self.callers.authorize(sender, what, interactive=interactive)
+            # a caller that leaves gives its polkit check slot back (polkit may take 5 min)
+            check = self.callers.authorize(sender, what, interactive=interactive)
+            uid = await self.departures.unless_gone(sender, check)
         except DBusError as e:
             self.callers.note_refusal(sender, what, e.text)
             raise

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dbus_fast import MessageType
 from dbus_fast.aio import MessageBus
 from dbus_flood import flood_argv
 from dbus_helpers import AS_NOBODY, NOBODY, FakeController
-from fake_polkit import start_fake_polkit
+from fake_polkit import FakePolkit, start_fake_polkit
 from klpd_on_bus import RSS_GROWTH_KIB, Served, call, root, rss_kib, served, still_serves
 
 from klpd.dbus import names
@@ -96,6 +97,31 @@ async def test_flood_while_polkit_hangs_is_bounded_per_uid(
     finally:
         authority.answering.set()
         await flood.stop()
+        polkit_bus.disconnect()
+    await still_serves(served, root)
+
+
+def pending_is(authority: FakePolkit, n: int) -> Callable[[], bool]:
+    return lambda: authority.pending == n
+
+
+async def test_a_caller_leaving_gives_its_polkit_checks_back(
+    served: Served, root: MessageBus
+) -> None:
+    """Checks held by a caller that left (polkit hanging) no longer count against its uid;
+    before, they did until klpd gave up on polkit (25 s, more than the deadline here)."""
+    polkit_bus, authority = await start_fake_polkit(served.address, allow=False)
+    authority.answering.clear()
+    held = AUTH_BOUNDS.per_uid
+    try:
+        for pending in (held, 2 * held):
+            flood = await Flood.start(served.address, held, 1)
+            try:
+                await until(pending_is(authority, pending), "checks reach polkit", timeout=10.0)
+            finally:
+                await flood.stop()  # its connections go, their checks still in polkit
+    finally:
+        authority.answering.set()
         polkit_bus.disconnect()
     await still_serves(served, root)
 
