@@ -27,6 +27,7 @@ import asyncio
 import functools
 import os
 import resource
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -221,6 +222,7 @@ def main() -> None:
                 k.close()
     finally:
         bus.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     print(NOISE_NOTE.format(os.cpu_count()))
 
 
