@@ -229,7 +229,9 @@ async def test_blocking_tasks_walked_once_and_stacks_only_for_root(
             replies = await nobody.lines(400)
         finally:
             await nobody.stop()
-        assert set(replies) == {"ok [[(4242, 'sleepy', 0, '')]]"}  # no kernel stack
+        # dbus-fast 2.44 (the minimum) unmarshals a struct as a list, newer ones as a tuple
+        structs = {r.replace("(", "[").replace(")", "]") for r in replies}
+        assert structs == {"ok [[[4242, 'sleepy', 0, '']]]"}  # no kernel stack
         assert controller.walks == 1
         (tasks,) = (await call(root, "ListBlockingTasks")).body
         assert tasks[0][3] == "[<0>] do_nanosleep+0x1/0x2"  # root sees the stack
