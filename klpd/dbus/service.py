@@ -322,11 +322,13 @@ class DbusService:
         if self.bus.connected:
             try:
                 self.interface.on_event(event)
-            except OSError:
+            except (OSError, RuntimeError):
                 if self.bus.connected:
                     raise
                 # This very signal met the dead socket: dbus-fast finalises the bus, then
-                # registers a writer on the closed fd (EBADF). The bus is lost, not klpd.
+                # registers a writer on the closed fd (EBADF), or — 2.44, Debian 13's — goes
+                # on iterating the set of buses it just removed itself from ("Set changed
+                # size during iteration"). The bus is lost, not klpd.
         if not self.bus.connected:
             self.lost()
 
