@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from soakspec import series_of
 
@@ -127,3 +128,52 @@ def violations(k: KernelFacts, c: KlpdClaims) -> tuple[list[str], int]:
         if mc.applied and not k.applied(mc.module):
             errors.append(f"Describe: {mc.module} applied, sysfs disagrees")
     return errors, checks
+
+
+def claims_from_describe(snap: Mapping[str, Any], remove_policy: bool) -> KlpdClaims:
+    """klpd's claims from its ``Describe()`` JSON (``klpctl status --json``)."""
+    mods = [m for p in snap["patches"] for m in p["modules"]]
+    return KlpdClaims(
+        catalog={p["name"]: {m["obj"]: m["module"] for m in p["modules"]} for p in snap["patches"]},
+        desired=frozenset(p["name"] for p in snap["patches"] if p["desired"]),
+        failed=frozenset(
+            m["module"] for m in mods if m["error"] or m["status"] in ("refused", "quarantined")
+        ),
+        pinned=frozenset(),  # only a forced unpatching pins; the soaks never force
+        remove_policy=remove_policy,
+        report=[
+            ModuleClaim(
+                m["module"],
+                m["obj"],
+                m["object_loaded"],
+                m["loaded"],
+                m["enabled"],
+                m["status"] == "applied",
+            )
+            for m in mods
+        ],
+    )
+
+
+def log_violations(calls: str, klpd_log: str, sim_log: str) -> list[str]:
+    """From what the real processes wrote: klpd never ran modprobe for the replace patch
+    (``calls``, one "tool module" a line), logged no traceback, and the sim never started a
+    transition while another ran (its ``livepatch: '<p>': starting ... transition`` and
+    ``... complete`` lines, from one quiet point to the next)."""
+    errors = []
+    if "modprobe lprep__" in calls:
+        errors.append("klpd ran modprobe for an atomic-replace module")
+    if "Traceback" in klpd_log:
+        errors.append(
+            "a traceback in klpd's log:\n" + klpd_log[klpd_log.index("Traceback") :][:2000]
+        )
+    current: str | None = None
+    for line in sim_log.splitlines():
+        name = line.split("'")[1] if line.count("'") >= 2 else ""
+        if ": starting " in line and "transition" in line:
+            if current is not None:
+                errors.append(f"two transitions at once: {name} started during {current}")
+            current = name
+        elif line.endswith(" complete") and name == current:
+            current = None
+    return errors

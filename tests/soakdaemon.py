@@ -13,6 +13,7 @@ after its n-th write to a livepatch's ``enabled``/``force`` took effect.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -30,7 +31,7 @@ from dbus_helpers import start_private_bus
 from klpd_harness import KlpdProcess, loaded, wait_for
 from klpd_sim.harness import SimKernel
 from klpd_sim.uevent import send_module_uevent
-from soakcheck import KlpdClaims, ModuleClaim, read_sysfs, violations
+from soakcheck import claims_from_describe, log_violations, read_sysfs, violations
 from soakspec import FOREIGN, PATCHES, TARGETS, catalog_dir, install_foreign, install_patch
 
 Step = tuple[Any, ...]
@@ -100,6 +101,7 @@ class Figures:
     kills_armed: int = 0  # of which armed: after a modprobe/rmmod (wrapper), a sysfs write (sim)
     bus_restarts: int = 0
     klpctl_calls: int = 0
+    transitions: int = 0  # livepatch transitions the sim started (its log)
     peak_rss_kb: int = 0  # klpd's VmHWM, the highest seen
     faults: Counter[str] = field(default_factory=Counter)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per step kind
@@ -116,10 +118,9 @@ class DaemonWorld:
         self.faults = workdir / "faults"
         for d in ("fail", "hang"):
             (self.faults / d).mkdir(parents=True, exist_ok=True)
-        tools = {}
+        tools, cli = {}, " ".join(sim.cli)
         for tool in ("modprobe", "rmmod"):
             w = workdir / f"{tool}-soak"
-            cli = " ".join(sim.cli)
             w.write_text(WRAPPER.format(tool=tool, faults=self.faults, cli=cli, foreign=FOREIGN))
             w.chmod(0o755)
             tools[tool] = [str(w)]
@@ -163,13 +164,10 @@ class DaemonWorld:
         self.klpd.start(wait_ready=False)
 
     def _sample_rss(self, pid: int) -> None:
-        try:
-            text = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            return
-        for line in text.splitlines():
-            if line.startswith("VmHWM:"):
-                self.fig.peak_rss_kb = max(self.fig.peak_rss_kb, int(line.split()[1]))
+        with contextlib.suppress(OSError, StopIteration):  # it died meanwhile
+            lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            hwm = next(int(x.split()[1]) for x in lines if x.startswith("VmHWM:"))
+            self.fig.peak_rss_kb = max(self.fig.peak_rss_kb, hwm)
 
     def klpctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """``klpctl ARGS`` on the soak's bus; klpd is restarted meanwhile if it dies (a
@@ -260,12 +258,16 @@ class DaemonWorld:
             self.fig.faults["bus-down"] += 1
             self.bus.crash()
             self.bus_up = False
-        elif kind == "bus_up" and not self.bus_up:
+        elif kind == "bus_up":
+            self.relaunch_bus()
+        elif kind == "quiesce":
+            self.quiesce()
+
+    def relaunch_bus(self) -> None:
+        if not self.bus_up:
             self.bus.relaunch()
             self.bus_up = True
             self.fig.bus_restarts += 1
-        elif kind == "quiesce":
-            self.quiesce()
 
     def operator(self, verb: str, *args: str) -> None:
         """``klpctl VERB``: refused at once while the bus is down; else retried while klpd
@@ -315,19 +317,16 @@ class DaemonWorld:
 
     def foreign_off(self) -> None:
         """Another tool retires its patch: disable (if it can now), remove (if it can)."""
-        try:
+        with contextlib.suppress(OSError):  # it went away meanwhile
             if self.sim.read(f"sys/kernel/livepatch/{FOREIGN}/enabled") == "1":
                 self.sim.write_attr(FOREIGN, "enabled", "0")
-        except OSError:
-            pass  # it went away meanwhile
         self.sim.rmmod(FOREIGN, check=False)
 
     # --- quiescent points ------------------------------------------------------------------
 
     def quiesce(self) -> None:
         """Take every fault away, let everything settle as an operator would, then check."""
-        if not self.bus_up:
-            self.step(("bus_up",))
+        self.relaunch_bus()
         for f in self.faults.rglob("*"):  # an armed SIGKILL stays: a restart converges too
             if f.is_file() and f.name not in ("calls", "kill"):
                 f.unlink()
@@ -370,33 +369,8 @@ class DaemonWorld:
         snap = json.loads(r.stdout)
         if snap["state"] not in ("converged", "degraded") or snap["pending"]:
             return [f"klpd not settled: {snap['state']}, pending {snap['pending']}"]
-        claims = KlpdClaims(
-            catalog={
-                p["name"]: {m["obj"]: m["module"] for m in p["modules"]} for p in snap["patches"]
-            },
-            desired=frozenset(p["name"] for p in snap["patches"] if p["desired"]),
-            failed=frozenset(
-                m["module"]
-                for p in snap["patches"]
-                for m in p["modules"]
-                if m["error"] or m["status"] in ("refused", "quarantined")
-            ),
-            pinned=frozenset(),  # only a forced unpatching pins; the soak never forces
-            remove_policy=self.klpd.sections["policy"]["on_object_removed"] == "remove",
-            report=[
-                ModuleClaim(
-                    m["module"],
-                    m["obj"],
-                    m["object_loaded"],
-                    m["loaded"],
-                    m["enabled"],
-                    m["status"] == "applied",
-                )
-                for p in snap["patches"]
-                for m in p["modules"]
-            ],
-        )
-        errors, checks = violations(facts, claims)
+        remove = self.klpd.sections["policy"]["on_object_removed"] == "remove"
+        errors, checks = violations(facts, claims_from_describe(snap, remove))
         self.fig.invariant_checks += checks + 1
         if any(m.startswith("lprep__") for m in facts.modules):
             errors.append("an atomic-replace module is loaded")
@@ -406,24 +380,13 @@ class DaemonWorld:
         """Since the last quiescent point: klpd never asked for a replace module, logged no
         traceback, and the sim never ran two transitions at once."""
         self.fig.invariant_checks += 3
-        errors = []
         calls = (self.faults / "calls").read_text() if (self.faults / "calls").exists() else ""
-        if "modprobe lprep__" in calls:
-            errors.append("klpd ran modprobe for an atomic-replace module")
-        text = self._new_text("klpd", self.klpd.log_path)
-        if "Traceback" in text:
-            errors.append("a traceback in klpd's log:\n" + text[text.index("Traceback") :][:2000])
-        current: str | None = None
-        for line in self._new_text("sim", self.sim.log_path).splitlines():
-            if "transition" not in line and "complete" not in line:
-                continue
-            name = line.split("'")[1] if line.count("'") >= 2 else ""
-            if ": starting " in line:
-                if current is not None:
-                    errors.append(f"two transitions at once: {name} started during {current}")
-                current = name
-            elif line.endswith(" complete") and name == current:
-                current = None
+        klpd_log, sim_log = (
+            self._new_text("klpd", self.klpd.log_path),
+            self._new_text("sim", self.sim.log_path),
+        )
+        self.fig.transitions += sim_log.count(" transition\n")  # "starting ... transition"
+        errors = log_violations(calls, klpd_log, sim_log)
         if errors:
             raise InvariantError("; ".join(errors))
 

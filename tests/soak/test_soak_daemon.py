@@ -59,7 +59,8 @@ def test_daemon_soak(tmp_path: Path) -> None:
         f"daemon soak: {fig.steps} steps in {elapsed:.1f} s, {fig.quiescent_checks} quiescent "
         f"points, {fig.invariant_checks} invariant checks, {fig.kills} SIGKILL + restart "
         f"({fig.kills_armed} right after a modprobe/rmmod/sysfs write), "
-        f"{fig.bus_restarts} dbus-daemon restarts, {fig.klpctl_calls} klpctl calls, klpd peak "
+        f"{fig.bus_restarts} dbus-daemon restarts, {fig.klpctl_calls} klpctl calls, "
+        f"{fig.transitions} transitions, klpd peak "
         f"RSS {fig.peak_rss_kb / 1024:.1f} MiB, faults {dict(sorted(fig.faults.items()))}; "
         f"seconds by step kind {slowest}"
     )
