@@ -35,12 +35,18 @@ from soakcheck import claims_from_describe, log_violations, read_sysfs, violatio
 from soakspec import FOREIGN, PATCHES, TARGETS, catalog_dir, install_foreign, install_patch
 
 Step = tuple[Any, ...]
+SETTLED_GRACE = 3.0  # s: an event still in flight when klpd said settled (it reads in ms)
 KLPCTL = str(Path(sys.executable).parent / "klpctl")
 KINDS = {
     "load": 14, "unload": 10, "install": 5, "uninstall": 3, "reload": 4, "enable": 3,
     "disable": 3, "fail": 3, "hang": 1, "stall": 3, "unstall": 3, "foreign": 2,
     "foreign_off": 2, "race": 2, "overflow": 1.5, "kill": 2, "kill_write": 1.5, "sigkill": 1,
     "bus_down": 1, "bus_up": 1, "quiesce": 4,
+}  # fmt: skip
+FAULTS = {
+    "fail": "modprobe-fail", "hang": "modprobe-hang", "stall": "stall", "race": "ebusy-race",
+    "foreign": "foreign-transition", "overflow": "netlink-overflow", "bus_down": "bus-down",
+    "kill": "sigkill-armed-tool", "kill_write": "sigkill-armed-write", "sigkill": "sigkill-now",
 }  # fmt: skip
 WRAPPER = """#!/bin/sh
 # klpd's {tool} in the daemon soak: the sim's, with the one-shot faults armed in $F
@@ -70,7 +76,7 @@ def generate(seed: int, n: int) -> list[Step]:
     out += [("install", p) for p in patches if rng.random() < 0.5]
     for _ in range(n):
         k = rng.choices(names, weights)[0]
-        if k in ("load", "unload"):
+        if k in ("load", "unload", "overflow"):
             out.append((k, rng.choice(targets)))
         elif k in ("install", "uninstall", "enable", "disable"):
             out.append((k, rng.choice(patches)))
@@ -80,8 +86,6 @@ def generate(seed: int, n: int) -> list[Step]:
             out.append((k, rng.choice(["vmlinux", *targets])))
         elif k in ("kill", "kill_write"):
             out.append((k, rng.randint(1, 4)))
-        elif k == "overflow":
-            out.append((k, rng.choice(targets)))
         else:
             out.append((k,))
     out.append(("quiesce",))
@@ -206,13 +210,11 @@ class DaemonWorld:
         self.supervise()
         kind, args = s[0], s[1:]
         sim = self.sim
+        if kind in FAULTS and (kind != "bus_down" or self.bus_up):
+            self.fig.faults[FAULTS[kind]] += 1
         if kind == "config":
-            self.klpd.configure(
-                {
-                    "policy": {"on_object_removed": args[0]},
-                    "transition": {"on_stall": args[1]},
-                }
-            )
+            policy = {"policy": {"on_object_removed": args[0]}}
+            self.klpd.configure({**policy, "transition": {"on_stall": args[1]}})
             self.klpd.start()
         elif kind == "load":
             sim.modprobe(args[0], check=False)
@@ -227,35 +229,27 @@ class DaemonWorld:
         elif kind in ("reload", "enable", "disable"):
             self.operator(kind, *args)
         elif kind in ("fail", "hang"):
-            self.fig.faults[f"modprobe-{kind}"] += 1
             (self.faults / kind / args[0]).touch()
         elif kind == "stall":
-            self.fig.faults["stall"] += 1
             sim.stall(args[0], "soak-sleeper")
         elif kind == "unstall":
             sim.unstall(args[0])
         elif kind == "foreign":
-            self.fig.faults["foreign-transition"] += 1
             sim.modprobe(FOREIGN, check=False)
         elif kind == "foreign_off":
             self.foreign_off()
         elif kind == "race":
-            self.fig.faults["ebusy-race"] += 1
             (self.faults / "race").touch()
         elif kind == "overflow":
             self.overflow(args[0])
         elif kind == "kill":
-            self.fig.faults["sigkill-armed-tool"] += 1
             (self.faults / "kill").write_text(f"{args[0]}\n")
         elif kind == "kill_write":
-            self.fig.faults["sigkill-armed-write"] += 1
             if self.klpd.proc is not None:
                 sim.kill_after_writes(self.klpd.proc.pid, args[0])
         elif kind == "sigkill":
-            self.fig.faults["sigkill-now"] += 1
             self.sigkill()
         elif kind == "bus_down" and self.bus_up:
-            self.fig.faults["bus-down"] += 1
             self.bus.crash()
             self.bus_up = False
         elif kind == "bus_up":
@@ -300,7 +294,6 @@ class DaemonWorld:
     def overflow(self, target: str) -> None:
         """klpd stopped while a burst fills its tiny receive buffer; the event that matters
         (``target`` comes or goes) is lost in it."""
-        self.fig.faults["netlink-overflow"] += 1
         proc = self.klpd.proc
         if proc is None or proc.poll() is not None:
             return
@@ -341,40 +334,48 @@ class DaemonWorld:
         self.supervise()
         self.fig.quiescent_checks += 1
         last: list[str] = []
+        settled_since: float | None = None
 
         def holds() -> bool:
-            nonlocal last
-            self.supervise()
-            last = self._check_once()
-            return not last
+            """True once klpd settled and every invariant holds; raises if klpd stays
+            settled with an invariant broken longer than an event in flight could explain."""
+            nonlocal last, settled_since
+            settled, last = self._check_once()
+            if not settled or not last:
+                settled_since = None
+                return settled
+            settled_since = settled_since or time.monotonic()
+            if time.monotonic() - settled_since > SETTLED_GRACE:
+                raise InvariantError("klpd settled, yet: " + "; ".join(last))
+            return False
 
         try:
-            wait_for(holds, 60, "the invariants to hold", interval=0.1)
+            wait_for(holds, 60, "klpd to settle", interval=0.1)
         except TimeoutError:
-            raise InvariantError("; ".join(last)) from None
+            raise InvariantError("klpd did not settle in 60 s: " + "; ".join(last)) from None
         self._check_logs()
 
-    def _check_once(self) -> list[str]:
-        """[] when klpd settled and every invariant holds, else why not (yet)."""
+    def _check_once(self) -> tuple[bool, list[str]]:
+        """Whether klpd settled, and the invariants it breaks."""
         r = self.klpctl("wait", "--timeout", "30")
         if r.returncode not in (0, 2):
-            return [f"klpctl wait: exit {r.returncode}: {r.stderr.strip()}"]
+            return False, [f"klpctl wait: exit {r.returncode}: {r.stderr.strip()}"]
         try:
             facts = read_sysfs(self.sim.sys)
         except FileNotFoundError as e:
-            return [f"sysfs changed while read: {e}"]
+            return False, [f"sysfs changed while read: {e}"]
         r = self.klpctl("status", "--json")
         if r.returncode not in (0, 2):
-            return [f"klpctl status: exit {r.returncode}: {r.stderr.strip()}"]
+            return False, [f"klpctl status: exit {r.returncode}: {r.stderr.strip()}"]
         snap = json.loads(r.stdout)
         if snap["state"] not in ("converged", "degraded") or snap["pending"]:
-            return [f"klpd not settled: {snap['state']}, pending {snap['pending']}"]
+            return False, [f"klpd not settled: {snap['state']}, pending {snap['pending']}"]
         remove = self.klpd.sections["policy"]["on_object_removed"] == "remove"
         errors, checks = violations(facts, claims_from_describe(snap, remove))
         self.fig.invariant_checks += checks + 1
         if any(m.startswith("lprep__") for m in facts.modules):
             errors.append("an atomic-replace module is loaded")
-        return errors
+        return True, errors
 
     def _check_logs(self) -> None:
         """Since the last quiescent point: klpd never asked for a replace module, logged no
