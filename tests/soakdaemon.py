@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -25,16 +24,23 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from dbus_helpers import start_private_bus
 from klpd_harness import KlpdProcess, loaded, wait_for
 from klpd_sim.harness import SimKernel
 from klpd_sim.uevent import send_module_uevent
 from soakcheck import claims_from_describe, log_violations, read_sysfs, violations
-from soakspec import FOREIGN, PATCHES, TARGETS, catalog_dir, install_foreign, install_patch
+from soakspec import (
+    FOREIGN,
+    TARGETS,
+    Step,
+    catalog_dir,
+    draw_steps,
+    install_foreign,
+    install_patch,
+    machine_draws,
+)
 
-Step = tuple[Any, ...]
 SETTLED_GRACE = 3.0  # s: an event still in flight when klpd said settled (it reads in ms)
 KLPCTL = str(Path(sys.executable).parent / "klpctl")
 KINDS = {
@@ -68,28 +74,9 @@ exit $rc
 
 def generate(seed: int, n: int) -> list[Step]:
     """``n`` random steps after the configuration, ending with a quiescent check."""
-    rng = random.Random(seed)
-    patches, targets = sorted(PATCHES), sorted(TARGETS)
-    modules = sorted({f"{p}__{o}" for p, objs in PATCHES.items() for o in objs})
-    names, weights = list(KINDS), list(KINDS.values())
-    out: list[Step] = [("config", rng.choice(["keep", "remove"]), rng.choice(["revert", "wait"]))]
-    out += [("install", p) for p in patches if rng.random() < 0.5]
-    for _ in range(n):
-        k = rng.choices(names, weights)[0]
-        if k in ("load", "unload", "overflow"):
-            out.append((k, rng.choice(targets)))
-        elif k in ("install", "uninstall", "enable", "disable"):
-            out.append((k, rng.choice(patches)))
-        elif k in ("fail", "hang"):
-            out.append((k, rng.choice(modules)))
-        elif k in ("stall", "unstall"):
-            out.append((k, rng.choice(["vmlinux", *targets])))
-        elif k in ("kill", "kill_write"):
-            out.append((k, rng.randint(1, 4)))
-        else:
-            out.append((k,))
-    out.append(("quiesce",))
-    return out
+    targets = sorted(TARGETS)
+    draws = {**machine_draws(), "kill_write": lambda r: r.randint(1, 4)}
+    return draw_steps(seed, n, KINDS, {**draws, "overflow": lambda r: r.choice(targets)})
 
 
 class InvariantError(AssertionError):

@@ -4,7 +4,10 @@ livepatch outside klpd's catalog (its transitions make klpd's EBUSY)."""
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from klpd_sim.kofile import write_ko
 from klpd_sim.spec import Spec, vermagic
@@ -73,3 +76,43 @@ def install_patch(moddir: Path, patch: str) -> None:
         path = d / f"{patch}__{obj}.ko"
         if not path.exists():
             write_ko(path, {**patch_modinfo(patch, obj), "vermagic": vermagic(RELEASE)})
+
+
+Step = tuple[Any, ...]
+Draw = Callable[[random.Random], Any]  # a step kind's argument
+
+
+def machine_draws() -> dict[str, Draw]:
+    """The arguments both soaks draw the same way: this machine's targets, patches, modules."""
+    patches, targets = sorted(PATCHES), sorted(TARGETS)
+    modules = sorted({f"{p}__{o}" for p, objs in PATCHES.items() for o in objs})
+    objects = ["vmlinux", *targets]
+    draws: dict[str, Draw] = {"kill": lambda r: r.randint(1, 4)}
+    for kinds, pool in (
+        (("load", "unload"), targets),
+        (("install", "uninstall", "enable", "disable"), patches),
+        (("fail", "hang"), modules),
+        (("stall", "unstall"), objects),
+    ):
+        draws |= dict.fromkeys(kinds, _choice(pool))
+    return draws
+
+
+def _choice(pool: list[str]) -> Draw:
+    return lambda r: r.choice(pool)
+
+
+def draw_steps(
+    seed: int, n: int, kinds: Mapping[str, float], draws: Mapping[str, Draw]
+) -> list[Step]:
+    """A run: the configuration, about half the patches installed, ``n`` steps of ``kinds``
+    (by weight, each with its argument from ``draws``), a final quiescent check."""
+    rng = random.Random(seed)
+    names, weights = list(kinds), list(kinds.values())
+    out: list[Step] = [("config", rng.choice(["keep", "remove"]), rng.choice(["revert", "wait"]))]
+    out += [("install", p) for p in sorted(PATCHES) if rng.random() < 0.5]
+    for _ in range(n):
+        k = rng.choices(names, weights)[0]
+        out.append((k, draws[k](rng)) if k in draws else (k,))
+    out.append(("quiesce",))
+    return out

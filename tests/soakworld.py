@@ -10,7 +10,6 @@ README's "Soak" section for the step kinds and the invariants.
 from __future__ import annotations
 
 import asyncio
-import random
 import shutil
 import time as real_time
 from collections import Counter
@@ -26,12 +25,13 @@ from simport import Killed, SimPort, VirtualClock
 from soakcheck import KernelFacts, KlpdClaims, ModuleClaim, violations
 from soakspec import (
     FOREIGN,
-    PATCHES,
     RELEASE,
-    TARGETS,
+    Step,
     catalog_dir,
+    draw_steps,
     install_foreign,
     install_patch,
+    machine_draws,
     series_of,
     soak_spec,
 )
@@ -42,43 +42,20 @@ from klpd.service.config import Config
 from klpd.service.controls import Control
 from klpd.service.orchestrator import Orchestrator
 
-Step = tuple[Any, ...]
-
 
 def generate(seed: int, n: int) -> list[Step]:
     """``n`` random steps (a quiescent check every ~25) ending with a quiescent check."""
-    rng = random.Random(seed)
-    patches, targets = sorted(PATCHES), sorted(TARGETS)
-    modules = sorted({f"{p}__{o}" for p, objs in PATCHES.items() for o in objs})
-    objects = ["vmlinux", *targets]
     kinds = {
         "load": 12, "unload": 8, "install": 5, "uninstall": 3, "reload": 3, "enable": 3,
         "disable": 3, "fail": 3, "hang": 1, "stall": 3, "unstall": 3, "foreign": 2,
         "foreign_off": 2, "race": 2, "overflow": 1, "kill": 3, "wait": 10, "quiesce": 4,
     }  # fmt: skip
-    names, weights = list(kinds), list(kinds.values())
-    out: list[Step] = [("config", rng.choice(["keep", "remove"]), rng.choice(["revert", "wait"]))]
-    out += [("install", p) for p in patches if rng.random() < 0.5]
-    for _ in range(n):
-        k = rng.choices(names, weights)[0]
-        if k in ("load", "unload"):
-            out.append((k, rng.choice(targets)))
-        elif k in ("install", "uninstall", "enable", "disable"):
-            out.append((k, rng.choice(patches)))
-        elif k in ("fail", "hang"):
-            out.append((k, rng.choice(modules)))
-        elif k in ("stall", "unstall"):
-            out.append((k, rng.choice(objects)))
-        elif k == "kill":
-            out.append((k, rng.randint(1, 4)))
-        elif k == "wait":
-            out.append((k, rng.choice([0, 0.001, 0.01, 0.05, 0.3])))
-        elif k == "overflow":
-            out.append((k, rng.randint(1, 6)))
-        else:
-            out.append((k,))
-    out.append(("quiesce",))
-    return out
+    draws = {
+        **machine_draws(),
+        "wait": lambda r: r.choice([0, 0.001, 0.01, 0.05, 0.3]),
+        "overflow": lambda r: r.randint(1, 6),
+    }
+    return draw_steps(seed, n, kinds, draws)
 
 
 class InvariantError(AssertionError):

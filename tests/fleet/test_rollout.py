@@ -92,4 +92,3 @@ def test_a_patch_failing_on_host3_is_rolled_back_there_and_stops_the_rollout(
         assert not host.shipped("lpnext")
         assert host.patch_status("lpnext") is None
         assert "lpnext" not in host.klpd.log()
-

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from klpd_sim.harness import SimKernel
-from soakdaemon import DaemonWorld, Figures, Step, generate
-from soakspec import soak_spec
+from soakdaemon import DaemonWorld, Figures, generate
+from soakspec import Step, soak_spec
 
 STEPS = int(os.environ.get("KLPD_DAEMON_SOAK_STEPS", "1000"))
 
