@@ -46,7 +46,7 @@ KLPCTL = str(Path(sys.executable).parent / "klpctl")
 KINDS = {
     "load": 14, "unload": 10, "install": 5, "uninstall": 3, "reload": 4, "enable": 3,
     "disable": 3, "fail": 3, "hang": 1, "stall": 3, "unstall": 3, "foreign": 2,
-    "foreign_off": 2, "race": 2, "overflow": 1.5, "kill": 2, "kill_write": 1.5, "sigkill": 1,
+    "foreign_off": 2, "race": 2, "overflow": 1.5, "kill": 1.5, "kill_write": 1, "sigkill": 0.75,
     "bus_down": 1, "bus_up": 1, "quiesce": 4,
 }  # fmt: skip
 FAULTS = {
