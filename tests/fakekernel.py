@@ -56,6 +56,7 @@ class FakeKernel:
     replace: set[str] = field(default_factory=set)  # atomic-replace modules
     replace_attr: bool = True  # sysfs shows ``replace`` (6.11+); False: as on 6.1
     calls: list[tuple[str, ...]] = field(default_factory=list)
+    told: list[list[str]] = field(default_factory=list)  # what each read_changes was told
 
     # --- the port ----------------------------------------------------------------------
 
@@ -77,6 +78,7 @@ class FakeKernel:
         return view if self.replace_attr else dataclasses.replace(view, replace=None)
 
     def read_changes(self, touched: Iterable[str]) -> KernelState:
+        self.told.append(sorted(touched))
         return self.read_state()
 
     def read_livepatch(self, module: str) -> LivePatchState | None:

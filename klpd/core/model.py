@@ -43,11 +43,17 @@ class Patch:
     # derived once (the planner and the report ask for them for every patch, every action)
     objects: tuple[str, ...] = field(init=False, repr=False, compare=False)
     replace: bool = field(init=False, repr=False, compare=False)
+    ordered: tuple[PatchModule, ...] = field(init=False, repr=False, compare=False)  # main first
+    cves: tuple[str, ...] = field(init=False, repr=False, compare=False)  # of all its modules
 
     def __post_init__(self) -> None:
         objects = tuple(sorted(o for o in self.modules if o != "vmlinux"))
         object.__setattr__(self, "objects", objects)  # frozen: derived fields set once
         object.__setattr__(self, "replace", any(m.replace for m in self.modules.values()))
+        ordered = sorted(self.modules.values(), key=lambda m: (m.obj != "vmlinux", m.obj))
+        object.__setattr__(self, "ordered", tuple(ordered))
+        cves = tuple(sorted({c for m in self.modules.values() for c in m.cves}))
+        object.__setattr__(self, "cves", cves)
 
     @property
     def main(self) -> PatchModule | None:
@@ -130,19 +136,39 @@ class KernelState:
     release: str
     modules: Mapping[str, LoadedModule] = field(default_factory=dict)
     livepatches: Mapping[str, LivePatchState] = field(default_factory=dict)
+    # Set by the kernel view that read it (klpd.kernel.kview), never copied (not init
+    # fields: dataclasses.replace leaves them out), not part of the value: the state's
+    # number, and the module names it read again since its state numbered ``basis`` —
+    # every other module and livepatch is the same object as there (None: all read).
+    generation: int = field(default=0, init=False, compare=False, repr=False)
+    basis: int = field(default=0, init=False, compare=False, repr=False)
+    reread: frozenset[str] | None = field(default=None, init=False, compare=False, repr=False)
+    # the livepatch in transition (one at a time), if any: asked several times per action
+    transition: LivePatchState | None = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        moving = (lp for lp in self.livepatches.values() if lp.transition)
+        object.__setattr__(self, "transition", next(moving, None))  # frozen: set once
+
+    def stamped(self, generation: int, basis: int, reread: frozenset[str] | None) -> KernelState:
+        """This new state, marked by the kernel view that made it (see the fields)."""
+        object.__setattr__(self, "generation", generation)  # frozen: set once, when made
+        object.__setattr__(self, "basis", basis)
+        object.__setattr__(self, "reread", reread)
+        return self
+
+    def reread_since(self, other: KernelState) -> frozenset[str] | None:
+        """The names that may differ from ``other``, when this state says (it was read
+        again from ``other``); else None."""
+        if self.reread is not None and other.generation and self.basis == other.generation:
+            return self.reread
+        return None
 
     def object_live(self, obj: str) -> bool:
         if obj == "vmlinux":
             return True
         m = self.modules.get(obj)
         return m is not None and m.live
-
-    @property
-    def transition(self) -> LivePatchState | None:
-        for lp in self.livepatches.values():
-            if lp.transition:
-                return lp
-        return None
 
 
 # --- what to do -------------------------------------------------------------------------

@@ -291,9 +291,13 @@ class SnapshotBuilder:
         last = self._last
         if last is None or not now.same_for_every_module(last):
             return None
-        changed = _differ(last.state.livepatches, now.state.livepatches)
-        moved = _differ(last.state.modules, now.state.modules)  # loaded, or object live
-        changed |= moved
+        reread = now.state.reread_since(last.state)  # the kernel view says what it read
+        if reread is not None:
+            changed, moved = set(reread), set(reread)
+        else:
+            changed = _differ(last.state.livepatches, now.state.livepatches)
+            moved = _differ(last.state.modules, now.state.modules)  # loaded, or object live
+            changed |= moved
         if last.functions != now.functions:
             moved.update(f.obj for f in set(last.functions) ^ set(now.functions))
         for obj in moved:
@@ -344,8 +348,7 @@ class SnapshotBuilder:
                     pm.module in now.quarantined,
                 )
                 reports[pm.module] = _with_versions(m, versions.get(pm.obj, ()))
-        order = sorted(patch.modules.values(), key=lambda m: (m.obj != "vmlinux", m.obj))
-        mods = tuple(reports[pm.module] for pm in order)
+        mods = tuple(reports[pm.module] for pm in patch.ordered)
         main = patch.main
         wanted = patch.name in now.desired and not is_refused
         return PatchReport(
@@ -355,7 +358,7 @@ class SnapshotBuilder:
             series=patch.series,
             version=patch.version,
             description=main.description if main else "",
-            cves=tuple(sorted({c for m in patch.modules.values() for c in m.cves})),
+            cves=patch.cves,
             modules=mods,
         )
 

@@ -6,10 +6,10 @@ files with 1,000 applied patch modules and 300 targets, hundreds of milliseconds
 action changes a handful. :class:`KernelView` keeps the last state and, on
 :meth:`KernelView.refresh`, reads again only:
 
-- what appeared in or vanished from the two directories (one listing each: loads,
-  unloads, dependencies modprobe pulled in, patches an atomic-replace patch wiped, patches
-  whose disable finished);
-- what the caller says it touched (the module an action named);
+- what the caller says it touched (the module an action named, modules a uevent named);
+- what appeared in or vanished from the two directories besides (dependencies modprobe
+  pulled in, patches an atomic-replace patch wiped, patches whose disable finished), by a
+  listing of each — only when their link counts say something else came or went;
 - what is still moving: modules not ``live`` yet, livepatches in transition or disabled
   (being freed), livepatch modules whose livepatch is gone but whose reference is still
   held (the kernel drops it after the directory), and every livepatch with an object named
@@ -24,16 +24,27 @@ Some facts this relies on (6.1; see ../../../shared/DOMAIN.md):
 - its object's ``patched`` changes only in its own transition or when the object's module
   comes or goes; its functions are fixed once loaded (a replace patch's no-ops go when its
   transition ends, while it is re-read);
-- a built-in module's ``/sys/module`` directory has no ``initstate`` and never changes.
+- a built-in module's ``/sys/module`` directory has no ``initstate`` and never changes;
+- every entry of ``/sys/module`` and ``/sys/kernel/livepatch`` is a kobject's directory,
+  and a sysfs directory's link count is 2 + its subdirectories (kernfs sets it from its
+  count of them at every stat: ``kernfs_refresh_inode``; tmpfs keeps it so too). Once the
+  touched names are read, a count that matches what klpd knows means nothing else came or
+  went — unless as many came as went between two reads, which only other tools' loads
+  and unloads do: their uevents name those modules (the orchestrator passes them on) and
+  ask for a pass, which starts with a full read. Where the counts do not match the
+  listings (another file system), both directories are listed every time.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 from klpd.core.model import KernelState, LivePatchState, LoadedModule, ObjectState
+
+_numbers = itertools.count(1)  # states' generations, unique across views (a reload's too)
 
 
 def _read(path: str) -> str | None:
@@ -72,6 +83,13 @@ def _subdirs(path: str) -> list[str]:
         return []
 
 
+def _links(path: str) -> int:
+    try:
+        return os.stat(path).st_nlink
+    except OSError:
+        return -1
+
+
 def _entries(path: str) -> list[str]:
     """``/sys/module`` or ``/sys/kernel/livepatch``: every entry there is a kobject's
     directory, so a plain listing (no per-entry type check: half the cost at 1,000)."""
@@ -87,14 +105,15 @@ class KernelView:
     __slots__ = (
         "_builtin",
         "_by_object",
+        "_counting",
         "_livepatches",
         "_lp_dir",
-        "_lp_listing",
         "_mod_dir",
-        "_mod_listing",
         "_modules",
         "_moving_lps",
         "_not_live",
+        "_number",
+        "_reread",
         "_touched",
         "_was_livepatch",
         "reads",
@@ -114,9 +133,9 @@ class KernelView:
         # what is still moving, kept up to date as things are read (not searched for)
         self._not_live: set[str] = set()  # modules coming or going
         self._moving_lps: set[str] = set()  # livepatches in transition or disabled
-        # the last listings of the two directories, as listed and as sets
-        self._mod_listing: tuple[list[str], frozenset[str]] = ([], frozenset())
-        self._lp_listing: tuple[list[str], frozenset[str]] = ([], frozenset())
+        self._counting = False  # the directories' link counts count their entries
+        self._number = 0  # the generation of the last state made
+        self._reread: set[str] = set()  # names read again since then
         self.reads = 0  # directories read (a module or a livepatch), for the bench and tests
 
     # --- reading one thing ---------------------------------------------------------------
@@ -176,22 +195,37 @@ class KernelView:
         for obj in lp.objects:
             self._by_object.setdefault(obj, set()).add(lp.name)
 
-    @staticmethod
-    def _list(
-        path: str, last: tuple[list[str], frozenset[str]]
-    ) -> tuple[tuple[list[str], frozenset[str]], set[str]]:
-        """The directory's listing now, and the names that came or went since ``last`` (an
-        unchanged listing — the common case — is one list comparison)."""
-        names = _entries(path)
-        if names == last[0]:
-            return last, set()
-        listed = frozenset(names)
-        return (names, listed), set(listed ^ last[1])
+    def _counts(self) -> tuple[int, int]:
+        """What the two directories' link counts would be if they held what is known."""
+        known_mods = len(self._modules) + len(self._builtin)
+        return 2 + known_mods, 2 + len(self._livepatches)
 
-    def _state(self) -> KernelState:
-        return KernelState(
+    def _reread_module(self, name: str, listed: Collection[str] | None) -> None:
+        """``listed``: the listing of ``/sys/module``, or None when not listed (then a
+        missing ``initstate`` is a built-in known as one, or a module gone)."""
+        self._reread.add(name)
+        was_builtin = name in self._builtin
+        self._forget_module(name)
+        if listed is not None and name not in listed:
+            return
+        m = self._read_module(name)
+        if m is not None or listed is not None or was_builtin:
+            self._keep_module(name, m)
+
+    def _reread_livepatch(self, name: str, listed: Collection[str] | None) -> None:
+        self._reread.add(name)
+        self._forget_livepatch(name)
+        lp = self._read_livepatch(name) if listed is None or name in listed else None
+        if lp is not None:
+            self._keep_livepatch(lp)
+
+    def _state(self, afresh: bool = False) -> KernelState:
+        state = KernelState(
             release=self.release, modules=dict(self._modules), livepatches=dict(self._livepatches)
         )
+        basis, self._number = self._number, next(_numbers)
+        reread, self._reread = (None if afresh else frozenset(self._reread)), set()
+        return state.stamped(self._number, basis, reread)
 
     # --- the two ways to read -------------------------------------------------------------
 
@@ -204,47 +238,50 @@ class KernelView:
         self._touched.clear()
         self._not_live.clear()
         self._moving_lps.clear()
-        self._mod_listing, _ = self._list(self._mod_dir, ([], frozenset()))
-        self._lp_listing, _ = self._list(self._lp_dir, ([], frozenset()))
-        for name in self._mod_listing[0]:
+        links = (_links(self._mod_dir), _links(self._lp_dir))
+        mods, lps = _entries(self._mod_dir), _entries(self._lp_dir)
+        # a count that moved in between lists the next refresh: it is checked again there
+        self._counting = links == (2 + len(mods), 2 + len(lps))
+        for name in mods:
             self._keep_module(name, self._read_module(name))
-        for name in self._lp_listing[0]:
+        for name in lps:
             lp = self._read_livepatch(name)
             if lp is not None:
                 self._keep_livepatch(lp)
-        return self._state()
+        return self._state(afresh=True)
 
     def touch(self, modules: Iterable[str]) -> None:
         """These modules (and their livepatches) may have changed: read them next time."""
         self._touched.update(modules)
 
     def refresh(self) -> KernelState:
-        """What can have changed since the last read, read again (see the module doc).
-
-        After every read the modules known (loaded or built-in) are the last listing of
-        ``/sys/module``, and the livepatches known are the last listing of
-        ``/sys/kernel/livepatch`` but those that could not be read (vanishing): what came or
-        went is the difference of two listings."""
-        self._mod_listing, came_or_went = self._list(self._mod_dir, self._mod_listing)
-        self._lp_listing, _ = self._list(self._lp_dir, self._lp_listing)
-        listed_mods, listed_lps = self._mod_listing[1], self._lp_listing[1]
-        came_or_went |= self._touched
-        # a livepatch gone: its module's reference drops after the directory
-        gone_lps = self._livepatches.keys() - listed_lps
-        mods = came_or_went | self._not_live | gone_lps
-        mods |= (self._was_livepatch - listed_lps) & self._modules.keys()
-        lps = (listed_lps - self._livepatches.keys()) | gone_lps | (self._touched & listed_lps)
-        lps |= self._moving_lps
-        for obj in came_or_went:
+        """What can have changed since the last read, read again (see the module doc): what
+        was touched and what is moving, then — if the directories' link counts say more
+        came or went — what their listings differ in from what is known."""
+        links = (_links(self._mod_dir), _links(self._lp_dir))
+        touched, self._touched = self._touched, set()
+        lps = self._moving_lps | touched
+        for obj in touched:
             lps |= self._by_object.get(obj, set())
-        self._touched.clear()
-        for name in mods:
-            self._forget_module(name)
-            if name in listed_mods:
-                self._keep_module(name, self._read_module(name))
         for name in lps:
-            self._forget_livepatch(name)
-            lp = self._read_livepatch(name) if name in listed_lps else None
-            if lp is not None:
-                self._keep_livepatch(lp)
+            self._reread_livepatch(name, None)
+        # a livepatch gone: its module's reference drops after the directory
+        mods = touched | self._not_live | (lps - self._livepatches.keys())
+        mods |= (self._was_livepatch - self._livepatches.keys()) & self._modules.keys()
+        for name in mods:
+            self._reread_module(name, None)
+        if self._counting and links == self._counts():
+            return self._state()
+        listed_mods, listed_lps = set(_entries(self._mod_dir)), set(_entries(self._lp_dir))
+        self._counting = links == (2 + len(listed_mods), 2 + len(listed_lps))
+        came_or_went = listed_mods ^ (self._modules.keys() | self._builtin)
+        more_lps = listed_lps ^ self._livepatches.keys()
+        for obj in came_or_went:
+            more_lps |= self._by_object.get(obj, set())
+        more_mods = came_or_went | (self._livepatches.keys() - listed_lps)
+        for name in more_lps:
+            self._reread_livepatch(name, listed_lps)
+        more_mods |= (self._was_livepatch - listed_lps) & self._modules.keys()
+        for name in more_mods:
+            self._reread_module(name, listed_mods)
         return self._state()

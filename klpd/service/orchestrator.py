@@ -86,6 +86,7 @@ class Orchestrator:
         self._own_port = SysfsPort(config.kernel, release, config.retry.modprobe_timeout)
         self._port: KernelPort = port or self._own_port
         self._stopping = False
+        self._heard: set[str] = set()  # modules udev said came or went since the last look
         self.converged = asyncio.Event()  # set by a pass that ended with nothing to do
         self.counters = Counters()
         self.memory = Memory()
@@ -98,9 +99,8 @@ class Orchestrator:
         self._arming = Arming(self.request_reconcile)  # softdep pre-armed P__m (arming.py)
         self.books = Bookkeeper(self.memory, self.guard, self.reporter, self.counters, hooks)
         self._watcher = TransitionWatcher(self._port, self.reporter)
-        self.executor = Executor(
-            self._port, self._watcher, self.counters, Retry(), config.transition
-        )
+        retry, transition = Retry(), config.transition  # (configure sets them again)
+        self.executor = Executor(self._port, self._watcher, self.counters, retry, transition)
         self.overrides = Overrides(Path(config.state.directory) / "overrides.json")
         self.configure(config)
 
@@ -147,8 +147,7 @@ class Orchestrator:
         return catalog
 
     def reselect(self) -> None:
-        """Which patches are desired, from the configuration, the operator's vetoes and the
-        refusals."""
+        """Which patches are desired: the configuration, the operator's vetoes, refusals."""
         p = self._config.patches
         self.picture.selection = select_desired(
             self.picture.catalog,
@@ -162,11 +161,13 @@ class Orchestrator:
 
     def module_added(self, module: str) -> None:
         """A module came: a failed ``P__<module>`` gets another chance, then reconcile."""
+        self._heard.add(module)  # read at the next look (kview.py says why)
         self.memory.module_came(module, self.picture.catalog)
         self._arming.added(module, self.picture.catalog, self._config.softdep.enabled)
         self.request_reconcile(f"add {module}")
 
     def module_removed(self, module: str) -> None:
+        self._heard.add(module)
         self.request_reconcile(f"remove {module}")
 
     def resync(self, why: str) -> None:
@@ -204,15 +205,14 @@ class Orchestrator:
 
     def plan_now(self, state: KernelState) -> list[Action]:
         mem, policy = self.memory, self._config.policy.on_object_removed
-        avoid, refused = mem.not_to_load(), mem.refused_patches()
-        return plan(
-            self.picture.catalog, state, self.desired, policy, avoid, refused, self._arming.now()
-        )
+        avoid, refused, arming = mem.not_to_load(), mem.refused_patches(), self._arming.now()
+        return plan(self.picture.catalog, state, self.desired, policy, avoid, refused, arming)
 
     def look(self, touched: Sequence[str] | None = None) -> KernelState:
-        """Read the kernel (all, or what acting on ``touched`` can have changed); notice
-        what klpd did not plan (patches wiped or refused)."""
-        state = self.read_state() if touched is None else self._port.read_changes(touched)
+        """Read the kernel (all, or what acting on ``touched`` can have changed, and the
+        modules udev told of); notice what klpd did not plan (patches wiped or refused)."""
+        changed, self._heard = [*(touched or ()), *self._heard], set()
+        state = self.read_state() if touched is None else self._port.read_changes(changed)
         managed = self.picture.catalog.by_module()
         if self.books.observe(state, managed, self.screening.replace_known(state, managed)):
             self.reselect()

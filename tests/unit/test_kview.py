@@ -22,10 +22,12 @@ MODULES = TARGETS + [f"{p}__{o}" for p in PATCHES for o in ["vmlinux", *TARGETS]
 @dataclass
 class Tree:
     """A sysfs tree changed the way the kernel changes it; ``touched`` is what klpd itself
-    wrote (the only value changes not visible in a directory listing or a moving state)."""
+    wrote (the only value changes not visible in a directory listing or a moving state);
+    ``uevents`` the modules that came or went, in order, as udev tells them (later)."""
 
     sys: Path
     touched: set[str] = field(default_factory=set)
+    uevents: list[str] = field(default_factory=list)
 
     def w(self, rel: str, text: str) -> None:
         p = self.sys / rel
@@ -41,6 +43,7 @@ class Tree:
     def load(self, m: str, live: bool) -> None:
         if self.module_dir(m).exists():
             return
+        self.uevents.append(m)
         self.w(f"module/{m}/initstate", "live" if live else "coming")
         self.w(f"module/{m}/refcnt", "0")
         if "__" in m:
@@ -53,9 +56,10 @@ class Tree:
             (self.lp_dir(m) / obj / f"{obj}_fix,1").mkdir()
 
     def unload(self, m: str) -> None:
-        if self.lp_dir(m).exists():
+        if self.lp_dir(m).exists() or not self.module_dir(m).exists():
             return  # still a livepatch: the kernel refuses
-        shutil.rmtree(self.module_dir(m), ignore_errors=True)
+        self.uevents.append(m)
+        shutil.rmtree(self.module_dir(m))
         for lp in (self.sys / "kernel/livepatch").iterdir():
             patched = lp / m / "patched"
             if patched.exists():
@@ -113,26 +117,63 @@ def apply(tree: Tree, op: str, m: str) -> None:
     st.lists(
         st.lists(st.tuples(st.sampled_from(OPS), st.sampled_from(MODULES)), max_size=4),
         max_size=12,
-    )
+    ),
+    st.data(),
 )
 def test_refresh_reads_what_a_full_read_reads(
-    tmp_path_factory: pytest.TempPathFactory, rounds: list[list[tuple[str, str]]]
+    tmp_path_factory: pytest.TempPathFactory,
+    rounds: list[list[tuple[str, str]]],
+    data: st.DataObject,
 ) -> None:
+    """After every refresh once udev told every module that came or went (the orchestrator
+    touches them); udev may tell late: then a refresh may miss a module that came while
+    another went, never more, and the next refresh after udev told is right again."""
     sys = tmp_path_factory.mktemp("sys")
     (sys / "module/builtin_thing/parameters").mkdir(parents=True)
     (sys / "kernel/livepatch").mkdir(parents=True)
     tree = Tree(sys)
     view = KernelView(sys, "6.1.0-test")
-    view.full()
-    for ops in rounds:
+    last = view.full()
+    tree.uevents.clear()
+    for ops in [*rounds, []]:
         for op, m in ops:
             apply(tree, op, m)
-        view.touch(tree.touched)
+        told = data.draw(st.integers(0, len(tree.uevents))) if ops else len(tree.uevents)
+        view.touch(tree.touched | set(tree.uevents[:told]))
         tree.touched.clear()
+        del tree.uevents[:told]
         got = view.refresh()
+        reread = got.reread_since(last)  # what it says it read again; the rest is as it was
+        assert reread is not None
+        for name in {*got.modules, *last.modules} - reread:
+            assert got.modules.get(name) is last.modules.get(name), name
+        for name in {*got.livepatches, *last.livepatches} - reread:
+            assert got.livepatches.get(name) is last.livepatches.get(name), name
+        last = got
+        if tree.uevents:
+            continue  # udev has not told everything yet
         want = kstate.read_kernel_state(sys, sys, "6.1.0-test")
         assert dict(got.modules) == dict(want.modules), ops
         assert dict(got.livepatches) == dict(want.livepatches), ops
+
+
+def test_a_module_udev_did_not_tell_yet_is_read_when_the_count_says_so(tmp_path: Path) -> None:
+    """A dependency modprobe pulled in, a patch an atomic-replace patch wiped: nothing
+    touched them, the link counts show them."""
+    tree = Tree(tmp_path)
+    (tmp_path / "kernel/livepatch").mkdir(parents=True)
+    for m in ["ext4", "lpa__vmlinux", "lpb__vmlinux"]:
+        tree.load(m, True)
+        tree.transition_ends(m)
+    view = KernelView(tmp_path, "6.1.0-test")
+    view.full()
+    before = view.reads
+    view.refresh()
+    assert view.reads == before  # nothing moved, nothing touched: nothing read, not listed
+    tree.load("xfs", True)  # its uevent is not here yet
+    assert "xfs" in view.refresh().modules
+    tree.wipe("lpb__vmlinux")
+    assert sorted(view.refresh().livepatches) == ["lpb__vmlinux"]
 
 
 def test_refresh_reads_only_what_can_have_changed(tmp_path: Path) -> None:
@@ -159,3 +200,21 @@ def test_refresh_reads_only_what_can_have_changed(tmp_path: Path) -> None:
     # and lpa__ext4 still in transition
     assert view.reads == before + 3
     assert st_.livepatches["lpa__xfs"].objects["xfs"].patched is False
+
+
+def test_a_freed_patch_module_is_read_until_its_reference_drops(tmp_path: Path) -> None:
+    """Its livepatch directory goes first, its module's reference after: nothing else
+    moves meanwhile, and no listing or link count changes when the reference drops."""
+    tree = Tree(tmp_path)
+    (tmp_path / "kernel/livepatch").mkdir(parents=True)
+    tree.load("lpa__vmlinux", True)
+    tree.transition_ends("lpa__vmlinux")
+    view = KernelView(tmp_path, "6.1.0-test")
+    view.full()
+    tree.disable("lpa__vmlinux")
+    view.touch(tree.touched)
+    view.refresh()
+    tree.freed("lpa__vmlinux")
+    assert view.refresh().modules["lpa__vmlinux"].refcnt == 1
+    tree.put("lpa__vmlinux")
+    assert view.refresh().modules["lpa__vmlinux"].refcnt == 0

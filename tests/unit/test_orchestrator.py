@@ -115,6 +115,24 @@ async def test_target_added_gets_its_module(tmp_path: Path) -> None:
     assert w.loads()[2:] == ["lpa__ext4", "lpb__ext4"]
 
 
+def test_a_look_reads_what_udev_told_of_as_well(tmp_path: Path) -> None:
+    """After an action the kernel view reads what it acted on and what can be moving; a
+    module that came or went meanwhile, as udev told, is read too (kview.py: one that came
+    while another went leaves the directory's link count as it was)."""
+    w = World(tmp_path, patch("lpa", ["ext4"]))
+    w.orch.look()
+    w.kernel.load_target("ext4")
+    w.orch.module_added("ext4")
+    w.orch.module_removed("xfs")
+    w.orch.look(["lpa__vmlinux"])
+    w.orch.look([])
+    assert w.kernel.told == [["ext4", "lpa__vmlinux", "xfs"], []]
+    w.orch.module_added("ext4")
+    w.orch.look()  # a full read: reads everything
+    w.orch.look([])
+    assert w.kernel.told[2:] == [[]]
+
+
 async def test_target_removed_keep_leaves_the_module_armed(tmp_path: Path) -> None:
     w = World(tmp_path, patch("lpa", ["ext4"]))
     w.kernel.load_target("ext4")
