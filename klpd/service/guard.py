@@ -40,13 +40,15 @@ class Findings:
 
 
 class ReplaceGuard:
-    __slots__ = ("applied_seen", "loaded_by_us", "replace_seen")
+    __slots__ = ("_looked", "applied_seen", "loaded_by_us", "replace_seen")
 
     def __init__(self) -> None:
         self.applied_seen: set[str] = set()  # enabled, out of transition, at the last look
         # this process's own loads, still applied, oldest first (a dict: an ordered set)
         self.loaded_by_us: dict[str, None] = {}
         self.replace_seen: set[str] = set()  # known atomic-replace patches, enabled
+        # the last state looked at, and its enabled, settled and replace=1 livepatches
+        self._looked: tuple[KernelState, set[str], set[str], set[str]] | None = None
 
     def observe(
         self,
@@ -59,7 +61,7 @@ class ReplaceGuard:
         atomic-replace patch wiped the others since the last look. ``replace_known``: enabled
         livepatches whose module file says atomic-replace."""
         refusals: list[Refusal] = []
-        enabled, settled, replace_attr = _enabled_settled_replace(state)
+        enabled, settled, replace_attr = self._sorted_out(state)
         known = (replace_attr | (set(replace_known) | self.replace_seen)) & enabled
         for name in replace_attr:
             pm = managed.get(name)
@@ -89,9 +91,32 @@ class ReplaceGuard:
         # Only patches whose transition has ended: an atomic-replace patch wipes those, and
         # a patch still in transition may be reverted (a stall policy: ours or an admin's)
         # — it then vanishes with no replace patch anywhere (the soak found this).
-        self.applied_seen = settled
+        self.applied_seen = set(settled)  # (applied() and taken_away() change it)
         self.replace_seen = known
         return Findings(_unique(refusals), message, frozenset(known))
+
+    def _sorted_out(self, state: KernelState) -> tuple[set[str], set[str], set[str]]:
+        """The livepatches enabled, enabled and out of transition, and showing replace=1;
+        from the last look's where the kernel view says what it read again since."""
+        looked = self._looked
+        reread = state.reread_since(looked[0]) if looked is not None else None
+        if looked is None or reread is None:
+            enabled, settled, replace = _enabled_settled_replace(state)
+        else:
+            enabled, settled, replace = looked[1], looked[2], looked[3]
+            for name in reread:
+                enabled.discard(name)
+                settled.discard(name)
+                replace.discard(name)
+                lp = state.livepatches.get(name)
+                if lp is not None and lp.replace:
+                    replace.add(name)
+                if lp is not None and lp.enabled:
+                    enabled.add(name)
+                    if not lp.transition:
+                        settled.add(name)
+        self._looked = (state, enabled, settled, replace)
+        return enabled, settled, replace
 
     def _latest_ours(self, enabled: Collection[str]) -> list[str]:
         ours = [m for m in self.loaded_by_us if m in enabled]

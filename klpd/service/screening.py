@@ -51,6 +51,7 @@ class Screening:
         "_quarantine_told",
         "_replace_checked",
         "_replace_found",
+        "_replace_state",
         "_reporter",
         "bootguard",
         "inspector",
@@ -70,6 +71,7 @@ class Screening:
         self._quarantine_told: set[str] = set()
         self._replace_checked: set[str] = set()  # livepatches whose file was looked at
         self._replace_found: set[str] = set()  # of those, the atomic-replace ones
+        self._replace_state: KernelState | None = None  # the state they are of
 
     def around(self, hooks: Iterable[LoadHook]) -> list[LoadHook]:
         """``hooks`` with inspection first (a refused module is never opened) and the boot
@@ -101,6 +103,7 @@ class Screening:
         when not given)."""
         self._replace_checked.clear()  # files may have changed: look at each one's again
         self._replace_found.clear()
+        self._replace_state = None
         if self.inspector is not None:
             if refusals is None:
                 refusals = self.inspector.screen_catalog(catalog)
@@ -144,9 +147,17 @@ class Screening:
         if self.inspector is None:
             return set()
         checked, found, present = self._replace_checked, self._replace_found, state.livepatches
-        checked.intersection_update(present)  # one that went and comes back is looked at again
-        found.intersection_update(present)
-        came = present.keys() - checked
+        last, self._replace_state = self._replace_state, state
+        reread = state.reread_since(last) if last is not None else None
+        if reread is None:  # every livepatch, in C
+            checked.intersection_update(present)  # one that goes and comes back: looked at
+            found.intersection_update(present)
+            came = present.keys() - checked
+        else:  # the kernel view says what it read again: only those can have come or gone
+            gone = {n for n in reread if n not in present}
+            checked -= gone
+            found -= gone
+            came = {n for n in reread if n in present and n not in checked}
         found |= self.inspector.replace_modules({n: managed[n] for n in came if n in managed})
         checked |= came
         return set(found)
