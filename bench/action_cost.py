@@ -119,7 +119,7 @@ async def measure(orch: Orchestrator, passes: int) -> dict[str, float]:
         t0 = time.perf_counter_ns()
         await orch.reconcile()
         t1 = time.perf_counter_ns()
-        state = orch.read_state()
+        state = orch.look()  # the full read a pass starts with
         t2 = time.perf_counter_ns()
         actions = orch.plan_now(state)
         t3 = time.perf_counter_ns()
