@@ -240,6 +240,7 @@ def plan(
     avoid: frozenset[str] = frozenset(),
     refused: frozenset[str] = frozenset(),
     arming: frozenset[str] = frozenset(),
+    memo: PatchMemo | None = None,
 ) -> list[Action]:
     """Every action that brings ``state`` to the desired one, in the order to run them.
 
@@ -251,8 +252,13 @@ def plan(
     orchestrator clears them (their object reloaded, an operator's reload). ``refused``
     holds patches seen to be atomic-replace at run time (sysfs ``replace``, or other
     patches vanishing when they loaded): treated like a declared replace patch.
+
+    ``memo``: the same plan, with each desired patch's part taken from the last plan where
+    none of its modules and objects was read again since (:class:`PatchMemo`).
     """
     out: list[Action] = []
+    if memo is not None:
+        memo.begin(state, policy, avoid, arming)
 
     # 1. An atomic-replace patch of ours that got loaded anyway goes first; the patches it
     #    wiped are stale and get restored below.
@@ -271,7 +277,11 @@ def plan(
         ),
         key=lambda p: (p.series, p.version, p.name),
     ):
-        complete[patch.name] = _plan_patch(out, patch, state, policy, avoid, arming)
+        if memo is None:
+            complete[patch.name] = _plan_patch(out, patch, state, policy, avoid, arming)
+        else:
+            actions, complete[patch.name] = memo.patch(patch, state, policy, avoid, arming)
+            out += actions
 
     # 3. Retire what is not desired, once its series successor covers every live object.
     for patch in sorted(catalog.patches.values(), key=lambda p: p.name):
@@ -289,6 +299,56 @@ def plan(
     return out
 
 
+class PatchMemo:
+    """Each desired patch's part of the last plan (its actions, and whether it covers every
+    live object), kept while nothing it is planned from changed: its modules and objects in
+    the kernel state (as the state says what was read again since the last one:
+    :meth:`KernelState.reread_since`), the removal policy, avoided and arming modules.
+    After one action at 1,000 applied modules this is one patch planned again, not all."""
+
+    __slots__ = ("_inputs", "_parts", "_state")
+
+    def __init__(self) -> None:
+        self._state: KernelState | None = None
+        self._inputs: tuple[RemovalPolicy, frozenset[str], frozenset[str]] | None = None
+        # patch name -> (the patch, its module and object names, its actions, complete)
+        self._parts: dict[str, tuple[Patch, frozenset[str], tuple[Action, ...], bool]] = {}
+
+    def begin(
+        self,
+        state: KernelState,
+        policy: RemovalPolicy,
+        avoid: frozenset[str],
+        arming: frozenset[str],
+    ) -> None:
+        reread = state.reread_since(self._state) if self._state is not None else None
+        inputs = (policy, avoid, arming)
+        if reread is None or inputs != self._inputs:
+            self._parts.clear()
+        elif reread:
+            stale = [n for n, part in self._parts.items() if not part[1].isdisjoint(reread)]
+            for name in stale:
+                del self._parts[name]
+        self._state, self._inputs = state, inputs
+
+    def patch(
+        self,
+        patch: Patch,
+        state: KernelState,
+        policy: RemovalPolicy,
+        avoid: frozenset[str],
+        arming: frozenset[str],
+    ) -> tuple[tuple[Action, ...], bool]:
+        part = self._parts.get(patch.name)
+        if part is not None and part[0] is patch:
+            return part[2], part[3]
+        out: list[Action] = []
+        complete = _plan_patch(out, patch, state, policy, avoid, arming)
+        names = frozenset(m.module for m in patch.modules.values()) | frozenset(patch.modules)
+        self._parts[patch.name] = (patch, names, tuple(out), complete)
+        return tuple(out), complete
+
+
 def _objects_then_main(patch: Patch) -> list[PatchModule]:
     mods = [patch.modules[o] for o in patch.objects]
     if patch.main is not None:
@@ -296,4 +356,12 @@ def _objects_then_main(patch: Patch) -> list[PatchModule]:
     return mods
 
 
-__all__ = ["VMLINUX", "NotDesired", "Selection", "Unwanted", "plan", "select_desired"]
+__all__ = [
+    "VMLINUX",
+    "NotDesired",
+    "PatchMemo",
+    "Selection",
+    "Unwanted",
+    "plan",
+    "select_desired",
+]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from klpd.core.model import Action, ActionKind, Catalog, KernelState
 from klpd.core.observe import objects_coming, unsettled
-from klpd.core.planner import plan, select_desired
+from klpd.core.planner import PatchMemo, plan, select_desired
 from klpd.core.status import Counters
 from klpd.kernel.catalog import vermagic_matches
 from klpd.service.arming import Arming
@@ -86,7 +86,7 @@ class Orchestrator:
         self._own_port = SysfsPort(config.kernel, release, config.retry.modprobe_timeout)
         self._port: KernelPort = port or self._own_port
         self._stopping = False
-        self._heard: set[str] = set()  # modules udev said came or went since the last look
+        self._heard, self._plan_memo = set[str](), PatchMemo()  # udev's news; the last plan
         self.converged = asyncio.Event()  # set by a pass that ended with nothing to do
         self.counters = Counters()
         self.memory = Memory()
@@ -204,9 +204,9 @@ class Orchestrator:
         return self._port.read_state()
 
     def plan_now(self, state: KernelState) -> list[Action]:
-        mem, policy = self.memory, self._config.policy.on_object_removed
+        mem, policy, memo = self.memory, self._config.policy.on_object_removed, self._plan_memo
         avoid, refused, arming = mem.not_to_load(), mem.refused_patches(), self._arming.now()
-        return plan(self.picture.catalog, state, self.desired, policy, avoid, refused, arming)
+        return plan(self.picture.catalog, state, self.desired, policy, avoid, refused, arming, memo)
 
     def look(self, touched: Sequence[str] | None = None) -> KernelState:
         """Read the kernel (all, or what acting on ``touched`` can have changed, and the

@@ -38,7 +38,7 @@ from klpd.core.model import (
     Reason,
     RemovalPolicy,
 )
-from klpd.core.planner import plan
+from klpd.core.planner import PatchMemo, plan
 
 FULL = catalog(
     patch("lpa", ["ext4", "xfs"], series="lpa", version=1),
@@ -141,6 +141,22 @@ class Kernel:
         self.s = replace(s, modules=mods, livepatches=lps)
 
 
+def stamped(s: KernelState, last: KernelState, say: bool) -> KernelState:
+    """``s`` as a kernel view would make it after ``last``: saying what it read again (the
+    names whose module or livepatch is not the same object), or not (a full read)."""
+    new = KernelState(s.release, s.modules, s.livepatches)
+    if not say:
+        return new.stamped(last.generation + 1, 0, None)
+    names = {*s.modules, *last.modules, *s.livepatches, *last.livepatches}
+    reread = {
+        n
+        for n in names
+        if s.modules.get(n) is not last.modules.get(n)
+        or s.livepatches.get(n) is not last.livepatches.get(n)
+    }
+    return new.stamped(last.generation + 1, last.generation, frozenset(reread))
+
+
 def covered(s: KernelState, series: str) -> set[str]:
     """Objects present in the kernel that an enabled patch of ``series`` patches."""
     out = set()
@@ -184,12 +200,15 @@ def test_replanning_over_moving_states_is_safe_and_converges(
     forced = {n for n, m in s.modules.items() if n in MANAGED and n not in s.livepatches}
     forced = {n for n in forced if s.modules[n].refcnt}
     k = Kernel(s)
+    memo, last = PatchMemo(), KernelState("6.1.0-test")  # the orchestrator's way: a memo
     for _ in range(60):
         t = k.s.transition
         if t is not None:  # the orchestrator waits for a running transition before planning
             k.settle({t.name})
             continue
         actions = plan(FULL, k.s, want, policy, av, ref)
+        last = stamped(k.s, last, data.draw(st.booleans()))
+        assert plan(FULL, last, want, policy, av, ref, memo=memo) == actions
         if not actions:
             if k.moving():
                 k.settle()  # klpd waits for what is coming or being freed
