@@ -82,10 +82,16 @@ class Config(_Section):
 def _format_error(source: str, err: Mapping[str, Any]) -> str:
     loc = ".".join(str(p) for p in err["loc"] if p != "[key]") or "(top level)"
     if err["type"] == "extra_forbidden":
-        return f"{source}: {loc}: unknown key"
+        return _printable(f"{source}: {loc}: unknown key")
     msg = str(err["msg"]).removeprefix("Value error, ")
     shown = "" if err["type"] == "value_error" else f" (got {err['input']!r})"
-    return f"{source}: {loc}: {msg}{shown}"
+    return _printable(f"{source}: {loc}: {msg}{shown}")
+
+
+def _printable(line: str) -> str:
+    """One line, escapes for control characters: a key such as "\\r" in a file must neither
+    split the error nor reach a terminal or the journal raw (found by the config fuzz)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
 
 
 def _validate(data: Mapping[str, Any], source: str) -> Config:

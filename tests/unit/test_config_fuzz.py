@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -152,3 +153,14 @@ def test_reload_with_a_refused_file_keeps_the_running_config(
         assert kept is current and error is not None and str(path) in error
     else:
         assert error is None
+
+
+def test_a_control_character_in_a_key_is_escaped_on_one_line(tmp_path: Path) -> None:
+    # found by the fuzz above: a "\r" key split the error in two lines
+    text = '[patches]\npin = {"\\u000d" = false}\n[policy]\n"x\\u001b[2J" = 1\n'
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, str(tmp_path / "klpd.toml"))
+    lines = str(e.value).splitlines()
+    assert len(lines) == 2, lines
+    assert any("patches.pin.\\r:" in line for line in lines), lines
+    assert any("policy.x\\x1b[2J: unknown key" in line for line in lines), lines
