@@ -5,6 +5,12 @@ and the ``remove`` policy would take ``P__m`` away again (seen on Debian's 7.3: 
 by ``P__m``'s add uevent, disabled it, and ``m`` came up unpatched). A ``P__m`` that appears
 while softdeps are on is left alone for :data:`ARMING_GRACE` seconds; then the policy
 applies again (a reconcile is asked for when the grace ends).
+
+The grace starts at ``P__m``'s add uevent or at the first reading of the kernel that shows
+``P__m`` loaded and ``m`` absent, whichever comes first: on Debian's 6.12 the pass woken by
+the first softdep module's uevent read the second one (its uevent not yet heard), found its
+object absent and disabled it; ``m`` then came up without that patch until klpd loaded it
+again.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from klpd.core.model import Catalog
+from klpd.core.model import Catalog, KernelState
 from klpd.core.names import VMLINUX
 
 # kmod inserts m right after P__m: a second at most, even in a loaded TCG guest.
@@ -31,6 +37,7 @@ class Arming:
         self._on_expiry = on_expiry
         self._grace = grace
         self._clock = clock
+        self._last: KernelState | None = None  # the previous reading (see observed)
 
     def added(self, module: str, catalog: Catalog, softdep: bool) -> None:
         """A module appeared: an object module ``P__m`` of the catalog, with softdeps on,
@@ -38,6 +45,26 @@ class Arming:
         pm = catalog.by_module().get(module)
         if softdep and pm is not None and pm.obj != VMLINUX:
             self.note(module)
+
+    def observed(self, state: KernelState, catalog: Catalog, softdep: bool) -> None:
+        """A new reading of the kernel: an object module ``P__m`` of the catalog that it
+        shows loaded, absent from the previous reading, with ``m`` absent, gets its grace
+        (its add uevent may not have been heard yet). The first reading arms nothing."""
+        prev, self._last = self._last, state
+        if prev is None or not softdep:
+            return
+        by_module = catalog.by_module()
+        names = state.reread_since(prev)
+        for module in state.modules if names is None else names:
+            pm = by_module.get(module)
+            if (
+                pm is not None
+                and pm.obj != VMLINUX
+                and module in state.modules
+                and module not in prev.modules
+                and pm.obj not in state.modules
+            ):
+                self.note(module)
 
     def note(self, module: str) -> None:
         """``module`` (an object module ``P__m``) just appeared."""

@@ -213,6 +213,7 @@ class Orchestrator:
         modules udev told of); notice what klpd did not plan (patches wiped or refused)."""
         changed, self._heard = [*(touched or ()), *self._heard], set()
         state = self.read_state() if touched is None else self._port.read_changes(changed)
+        self._arming.observed(state, self.picture.catalog, self._config.softdep.enabled)
         managed = self.picture.catalog.by_module()
         if self.books.observe(state, managed, self.screening.replace_known(state, managed)):
             self.reselect()

@@ -35,3 +35,28 @@ def test_a_module_that_loaded_after_all_is_no_failure() -> None:
     mem.quarantine("lpb__ext4", "crashed the machine")
     mem.loaded_after_all("lpb__ext4")
     assert mem.failures["lpb__ext4"] == "crashed the machine"
+
+
+def test_a_module_read_before_its_uevent_is_heard_gets_its_grace() -> None:
+    """Debian's 6.12: kmod's softdep inserted lpa_v2__klpd_target, then lpb__klpd_target;
+    the pass woken by the first one's uevent read the second, unarmed, with klpd_target
+    absent, and disabled it. A reading that shows a new P__m with m absent arms it."""
+    from builders import catalog, patch, state
+
+    cat = catalog(patch("lpa", ["ext4"]), patch("lpb", ["ext4"]))
+    now = [100.0]
+    arming = Arming(lambda why: None, grace=10.0, clock=lambda: now[0])
+    arming.observed(state([], ["lpa__vmlinux", "lpb__vmlinux"]), cat, softdep=True)
+    assert arming.now() == frozenset()  # the first reading arms nothing
+    arming.observed(state([], ["lpa__vmlinux", "lpb__vmlinux", "lpa__ext4"]), cat, softdep=True)
+    assert arming.now() == frozenset({"lpa__ext4"})
+    now[0] += 11.0
+    # already there at the previous reading, or its object present, or softdeps off: no grace
+    arming.observed(state([], ["lpa__vmlinux", "lpb__vmlinux", "lpa__ext4"]), cat, softdep=True)
+    arming.observed(state(["ext4"], ["lpa__vmlinux", "lpa__ext4", "lpb__ext4"]), cat, True)
+    arming.observed(state([], ["lpa__vmlinux"]), cat, softdep=False)
+    arming.observed(state([], ["lpa__vmlinux", "lpb__ext4"]), cat, softdep=False)
+    assert arming.now() == frozenset()
+    arming.observed(state([], ["lpa__vmlinux", "lpb__vmlinux"]), cat, softdep=True)
+    arming.observed(state([], ["lpa__vmlinux", "lpb__vmlinux", "lpb__ext4"]), cat, softdep=True)
+    assert arming.now() == frozenset({"lpb__ext4"})
