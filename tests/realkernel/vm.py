@@ -463,7 +463,14 @@ def read_scenario(out: Path, dmesg: list[list[object]]) -> dict[str, Any]:
             }
         )
     rc = _read(out / "rc").strip()
-    return {"rc": int(rc) if rc else None, "steps": steps, "log": _read(out / "scenario.log")}
+    # the end of each klpd log the scenario wrote: what a failure message shows
+    logs = {p.name: _read(p).splitlines()[-80:] for p in sorted(out.glob("klpd*.log"))}
+    return {
+        "rc": int(rc) if rc else None,
+        "steps": steps,
+        "log": _read(out / "scenario.log"),
+        "klpd_logs": logs,
+    }
 
 
 def transitions_from_dmesg(dmesg: list[list[object]]) -> list[dict[str, object]]:
