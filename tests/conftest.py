@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,29 @@ def make_klpd(sim: SimKernel, tmp_path: Path) -> Iterator[MakeKlpd]:
     yield make
     for k in made:
         k.close()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Real-kernel tests collected: start their kernel lines' builds (chroot, image, test
+    modules; minutes each on a clean clone) now, two at a time, so that they overlap the
+    tests that run before them. Each test still waits for, and fails with, its build."""
+    if session.config.option.collectonly:
+        return
+    realkernel = Path(__file__).resolve().parent / "realkernel"
+    files = {Path(str(item.path)).name for item in session.items if realkernel in item.path.parents}
+    if not files:
+        return
+    sys.path.insert(0, str(realkernel))
+    import lines  # tests/realkernel/lines.py: the builds, shared with the tests that use them
+
+    wanted = os.environ.get("KLPD_LINES", " ".join(x.name for x in lines.LINES)).split()
+    if "test_inspect_modules.py" in files:
+        wanted = [x.name for x in lines.LINES]
+    if "test_inspect_guard.py" in files:
+        wanted.append("6.1")
+    # 6.1 first (the boot-guard guest needs it first), then the longest guest (6.12)
+    for name in sorted(set(wanted), key=lambda n: ("6.1", "6.12", "5.10", "7.x").index(n)):
+        lines.prepare_soon(lines.BY_NAME[name])
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

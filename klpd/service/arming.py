@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from klpd.core.model import Catalog, KernelState
 from klpd.core.names import VMLINUX
@@ -46,11 +46,17 @@ class Arming:
         if softdep and pm is not None and pm.obj != VMLINUX:
             self.note(module)
 
-    def observed(self, state: KernelState, catalog: Catalog, softdep: bool) -> None:
-        """A new reading of the kernel: an object module ``P__m`` of the catalog that it
-        shows loaded, absent from the previous reading, with ``m`` absent, gets its grace
-        (its add uevent may not have been heard yet). The first reading arms nothing."""
+    def observed(
+        self, state: KernelState, catalog: Catalog, softdep: bool, heard: Iterable[str] = ()
+    ) -> None:
+        """A new reading of the kernel, made after udev told of ``heard`` (added or removed
+        modules): each object module ``P__m`` of the catalog among them that it shows loaded
+        gets its grace; so does one absent from the previous reading, with ``m`` absent (its
+        add uevent may not have been heard yet; the first reading arms none that way)."""
         prev, self._last = self._last, state
+        for module in heard:
+            if module in state.modules:
+                self.added(module, catalog, softdep)
         if prev is None or not softdep:
             return
         by_module = catalog.by_module()

@@ -163,7 +163,6 @@ class Orchestrator:
         """A module came: a failed ``P__<module>`` gets another chance, then reconcile."""
         self._heard.add(module)  # read at the next look (kview.py says why)
         self.memory.module_came(module, self.picture.catalog)
-        self._arming.added(module, self.picture.catalog, self._config.softdep.enabled)
         self.request_reconcile(f"add {module}")
 
     def module_removed(self, module: str) -> None:
@@ -211,9 +210,9 @@ class Orchestrator:
     def look(self, touched: Sequence[str] | None = None) -> KernelState:
         """Read the kernel (all, or what acting on ``touched`` can have changed, and the
         modules udev told of); notice what klpd did not plan (patches wiped or refused)."""
-        changed, self._heard = [*(touched or ()), *self._heard], set()
-        state = self.read_state() if touched is None else self._port.read_changes(changed)
-        self._arming.observed(state, self.picture.catalog, self._config.softdep.enabled)
+        news, self._heard = self._heard, set()
+        state = self.read_state() if touched is None else self._port.read_changes([*touched, *news])
+        self._arming.observed(state, self.picture.catalog, self._config.softdep.enabled, news)
         managed = self.picture.catalog.by_module()
         if self.books.observe(state, managed, self.screening.replace_known(state, managed)):
             self.reselect()

@@ -23,6 +23,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,6 +216,30 @@ def prepare(line: Line) -> Build:
     kver, vmlinuz, moddir = ensure_kernel(line, tar)
     ko_dir = ensure_modules(line, tar, kver)
     return Build(line=line, kver=kver, kernel=vmlinuz, moddir=moddir, ko_dir=ko_dir)
+
+
+# Builds started ahead of need (tests/conftest.py starts them when the session has collected
+# real-kernel tests, so that they overlap the tests before them), two at a time; every user
+# of a line's build waits on the same one. A failed build fails each of its users.
+_BUILDS: dict[str, Future[Build]] = {}
+_BUILDS_LOCK = threading.Lock()
+_POOL: ThreadPoolExecutor | None = None
+
+
+def prepare_soon(line: Line) -> Future[Build]:
+    """The line's build, started on the shared pool unless it was already."""
+    global _POOL
+    with _BUILDS_LOCK:
+        if line.name not in _BUILDS:
+            if _POOL is None:
+                _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="line-build")
+            _BUILDS[line.name] = _POOL.submit(prepare, line)
+        return _BUILDS[line.name]
+
+
+def prepared(line: Line) -> Build:
+    """The line's build, waiting for the shared one (started now if it was not)."""
+    return prepare_soon(line).result()
 
 
 def main(argv: list[str]) -> int:

@@ -47,12 +47,7 @@ def _build_6_1() -> Any:
     """Debian's 6.1 line: from tests/realkernel/lines.py where the suite has kernel lines,
     else build.sh's one build."""
     if (HERE / "lines.py").exists():
-        spec = importlib.util.spec_from_file_location("klpd_realkernel_lines", HERE / "lines.py")
-        assert spec and spec.loader
-        lines = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = lines
-        spec.loader.exec_module(lines)
-        return lines.prepare(lines.BY_NAME["6.1"])
+        return vm.prepared(vm.BY_NAME["6.1"])  # the build shared with the other tests
     return vm.build_modules()
 
 

@@ -102,16 +102,11 @@ def line_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Trace | Exc
     session = os.environ.get("KLPD_SESSION", str(os.getpid()))
     workers = int(os.environ.get("KLPD_REALKERNEL_PARALLEL", "2"))
     order = sorted(LINE_NAMES, key=lambda n: GUEST_ORDER.index(n) if n in GUEST_ORDER else 0)
-    # Two builds at a time, ahead of the guests: the next lines' chroots and modules are
-    # made while the first guests run, not after them.
-    with (
-        ThreadPoolExecutor(max_workers=workers) as builds,
-        ThreadPoolExecutor(max_workers=workers) as pool,
-    ):
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {}
         for n in order:
-            reuse = _reusable(base / n)
-            build_of = None if reuse else builds.submit(vm.prepare, vm.BY_NAME[n])
+            # the shared build (lines.prepare_soon), most often made while earlier tests ran
+            build_of = None if _reusable(base / n) else vm.prepare_soon(vm.BY_NAME[n])
             futures[n] = pool.submit(_run_line, n, base / n, session, build_of)
     out: dict[str, Trace | Exception] = {}
     for name, fut in futures.items():

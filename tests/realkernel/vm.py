@@ -39,9 +39,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
-from lines import BY_NAME, LINES, Build, HarnessError, prepare  # noqa: E402
+from lines import BY_NAME, LINES, Build, HarnessError, prepare, prepare_soon, prepared  # noqa: E402
 
-__all__ = ["BY_NAME", "LINES", "Build", "HarnessError", "prepare"]
+__all__ = ["BY_NAME", "LINES", "Build", "HarnessError", "prepare", "prepare_soon", "prepared"]
 GUEST_DIR = HERE / "guest"
 SCENARIO_DIR = HERE / "scenarios"
 

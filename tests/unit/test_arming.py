@@ -60,3 +60,17 @@ def test_a_module_read_before_its_uevent_is_heard_gets_its_grace() -> None:
     arming.observed(state([], ["lpa__vmlinux", "lpb__vmlinux"]), cat, softdep=True)
     arming.observed(state([], ["lpa__vmlinux", "lpb__vmlinux", "lpb__ext4"]), cat, softdep=True)
     assert arming.now() == frozenset({"lpb__ext4"})
+
+
+def test_a_module_udev_told_of_is_armed_at_the_reading_after() -> None:
+    from builders import catalog, patch, state
+
+    cat = catalog(patch("lpa", ["ext4"]))
+    arming = Arming(lambda why: None)
+    s = state([], ["lpa__vmlinux", "lpa__ext4"])
+    arming.observed(s, cat, softdep=True, heard={"lpa__ext4", "ext4"})  # the first reading
+    assert arming.now() == frozenset({"lpa__ext4"})
+    other = Arming(lambda why: None)
+    other.observed(state([], ["lpa__vmlinux"]), cat, softdep=True, heard={"lpa__ext4"})
+    other.observed(s, cat, softdep=False, heard={"lpa__ext4"})
+    assert other.now() == frozenset()  # gone again when read; softdeps off
