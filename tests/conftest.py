@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -44,7 +46,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     tests that run before them. Each test still waits for, and fails with, its build."""
     if session.config.option.collectonly:
         return
-    realkernel = Path(__file__).resolve().parent / "realkernel"
+    here = Path(__file__).resolve().parent
+    if any(here / "system" in item.path.parents for item in session.items):
+        _system_guest().image_soon()  # the .deb and the Debian 13 guest's disk (tests/system)
+    realkernel = here / "realkernel"
     files = {Path(str(item.path)).name for item in session.items if realkernel in item.path.parents}
     if not files:
         return
@@ -59,6 +64,19 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     # 6.1 first (the boot-guard guest needs it first), then the longest guest (6.12)
     for name in sorted(set(wanted), key=lambda n: ("6.1", "6.12", "5.10", "7.x").index(n)):
         lines.prepare_soon(lines.BY_NAME[name])
+
+
+def _system_guest() -> ModuleType:
+    """tests/system/guest.py, under the name tests/system/test_system.py loads it by."""
+    name = "klpd_system_guest"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parent / "system" / "guest.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +169,23 @@ def make_image(deb: Path) -> Image:
     _run(["mkfs.ext4", "-q", "-F", "-d", str(root), "-L", "root", str(disk), "3G"], "mkfs.ext4")
     shutil.rmtree(root)
     return Image(disk, kernel, initrd, kver, deb, apt_log)
+
+
+_IMAGE: Future[Image] | None = None
+_IMAGE_LOCK = threading.Lock()
+
+
+def image_soon() -> Future[Image]:
+    """The package and the guest's disk (:func:`build_deb`, :func:`make_image`), made once
+    in a background thread: tests/conftest.py starts it when the session has collected these
+    tests, so that it overlaps the tests before them."""
+    global _IMAGE
+    with _IMAGE_LOCK:
+        if _IMAGE is None:
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="system-image")
+            _IMAGE = pool.submit(lambda: make_image(build_deb()))
+            pool.shutdown(wait=False)
+        return _IMAGE
 
 
 def _newer_sources(ko_dir: Path) -> bool:

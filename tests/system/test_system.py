@@ -27,6 +27,8 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(3600)]
 
 
 def _load_guest() -> ModuleType:
+    if "klpd_system_guest" in sys.modules:  # loaded by tests/conftest.py (image_soon)
+        return sys.modules["klpd_system_guest"]
     path = Path(__file__).resolve().parent / "guest.py"
     spec = importlib.util.spec_from_file_location("klpd_system_guest", path)
     assert spec and spec.loader
@@ -82,8 +84,7 @@ def enabled(snap: dict[str, str]) -> set[str]:
 
 @pytest.fixture(scope="module")
 def guest() -> Iterator[Results]:
-    deb = g.build_deb()
-    image = g.make_image(deb)
+    image = g.image_soon().result()  # most often made while earlier tests ran
     first = g.boot(image, log_name="console-boot1-2.log")
     second = g.boot(image, "klpd.enable=0", log_name="console-boot3.log")
     results = g.read_results(image, BUILD / "out")
