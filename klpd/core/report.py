@@ -136,39 +136,30 @@ def overall_state(
     return OverallState.CONVERGED
 
 
-def build_snapshot(
-    *,
-    catalog: Catalog,
-    state: KernelState,
-    desired: frozenset[str],
-    notes: Mapping[str, NotDesired],
-    refused: frozenset[str],
-    pending: Sequence[Action],
-    failures: Mapping[str, str],
-    transition: TransitionReport | None,
-    overall: OverallState,
-    last_error: str,
-    last_reconcile: float,
-    refusals: Mapping[str, str] | None = None,
-    quarantined: Collection[str] = (),
-) -> Snapshot:
-    """``refused`` patches are shown with ``refusals[patch]`` (why) when given;
+@dataclass(frozen=True, slots=True)
+class SnapshotInputs:
+    """What a snapshot is made of: the catalog and kernel, the selection, klpd's memory.
+    ``refused`` patches are shown with ``refusals[patch]`` (why) when given;
     ``quarantined`` modules (the boot-loop guard) are shown as such until cleared."""
-    return SnapshotBuilder().build(
-        catalog=catalog,
-        state=state,
-        desired=desired,
-        notes=notes,
-        refused=refused,
-        pending=pending,
-        failures=failures,
-        transition=transition,
-        overall=overall,
-        last_error=last_error,
-        last_reconcile=last_reconcile,
-        refusals=refusals,
-        quarantined=quarantined,
-    )
+
+    catalog: Catalog
+    state: KernelState
+    desired: frozenset[str]
+    notes: Mapping[str, NotDesired]
+    refused: frozenset[str]
+    pending: Sequence[Action]
+    failures: Mapping[str, str]
+    transition: TransitionReport | None
+    overall: OverallState
+    last_error: str
+    last_reconcile: float
+    refusals: Mapping[str, str] | None = None
+    quarantined: Collection[str] = ()
+
+
+def build_snapshot(inputs: SnapshotInputs) -> Snapshot:
+    """A snapshot made from scratch (:class:`SnapshotBuilder` makes the same, incrementally)."""
+    return SnapshotBuilder().build(inputs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,53 +226,38 @@ class SnapshotBuilder:
         self._patches: dict[str, PatchReport] = {}
         self._by_object: dict[str, list[str]] = {}  # object -> the catalog's modules for it
 
-    def build(
-        self,
-        *,
-        catalog: Catalog,
-        state: KernelState,
-        desired: frozenset[str],
-        notes: Mapping[str, NotDesired],
-        refused: frozenset[str],
-        pending: Sequence[Action],
-        failures: Mapping[str, str],
-        transition: TransitionReport | None,
-        overall: OverallState,
-        last_error: str,
-        last_reconcile: float,
-        refusals: Mapping[str, str] | None = None,
-        quarantined: Collection[str] = (),
-    ) -> Snapshot:
-        """The arguments of :func:`build_snapshot`."""
+    def build(self, inputs: SnapshotInputs) -> Snapshot:
+        """The snapshot of ``inputs``, equal to :func:`build_snapshot`'s."""
+        i, state = inputs, inputs.state
         last = self._last  # the transition watcher publishes twice with the same state
         if last is not None and last.state is state:
             functions = last.functions
         else:
             functions = live_functions(state)
         now = _Inputs(
-            catalog=catalog,
+            catalog=i.catalog,
             state=state,
-            desired=desired,
-            notes=dict(notes),
-            refused=refused,
-            refusals=dict(refusals or {}),
+            desired=i.desired,
+            notes=dict(i.notes),
+            refused=i.refused,
+            refusals=dict(i.refusals or {}),
             functions=functions,
-            loading=frozenset(a.module for a in pending if a.kind is ActionKind.LOAD),
-            unapplying=frozenset(a.module for a in pending if a.kind is not ActionKind.LOAD),
-            failures=dict(failures),
-            quarantined=frozenset(quarantined),
+            loading=frozenset(a.module for a in i.pending if a.kind is ActionKind.LOAD),
+            unapplying=frozenset(a.module for a in i.pending if a.kind is not ActionKind.LOAD),
+            failures=dict(i.failures),
+            quarantined=frozenset(i.quarantined),
         )
         patches = self._patch_reports(now)
         self._last = now
-        managed = catalog.by_module()
+        managed = i.catalog.by_module()
         return Snapshot(
-            state=overall,
+            state=i.overall,
             kernel_release=state.release,
             patches=patches,
-            pending=tuple(str(a) for a in pending),
-            transition=transition,
-            last_error=last_error,
-            last_reconcile=last_reconcile,
+            pending=tuple(str(a) for a in i.pending),
+            transition=i.transition,
+            last_error=i.last_error,
+            last_reconcile=i.last_reconcile,
             foreign_livepatches=tuple(sorted(state.livepatches.keys() - managed.keys())),
             functions=now.functions,
         )

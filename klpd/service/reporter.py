@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from klpd.core.model import Action, BlockingTask, Catalog, KernelState, OverallState
 from klpd.core.planner import Selection
-from klpd.core.report import SnapshotBuilder, current_failures, overall_state
+from klpd.core.report import SnapshotBuilder, SnapshotInputs, current_failures, overall_state
 from klpd.core.status import Counters, Event, EventKind, Listener, Snapshot
 from klpd.service.memory import Memory
 from klpd.service.port import KernelPort
@@ -115,17 +115,19 @@ class Reporter:
         if busy and overall in (OverallState.CONVERGED, OverallState.DEGRADED):
             overall = OverallState.CONVERGING
         return self._builder.build(
-            catalog=pic.catalog,
-            state=pic.state,
-            desired=pic.selection.desired,
-            notes=pic.selection.notes,
-            refused=mem.refused_patches(),
-            refusals=mem.refused,
-            quarantined=frozenset(mem.quarantined),
-            pending=pic.pending,
-            failures=mem.failures,
-            transition=current.report() if current else None,
-            overall=overall,
-            last_error=self.last_error,
-            last_reconcile=pic.last_reconcile,
+            SnapshotInputs(
+                catalog=pic.catalog,
+                state=pic.state,
+                desired=pic.selection.desired,
+                notes=pic.selection.notes,
+                refused=mem.refused_patches(),
+                refusals=mem.refused,
+                quarantined=frozenset(mem.quarantined),
+                pending=pic.pending,
+                failures=mem.failures,
+                transition=current.report() if current else None,
+                overall=overall,
+                last_error=self.last_error,
+                last_reconcile=pic.last_reconcile,
+            )
         )

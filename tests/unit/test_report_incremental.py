@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from builders import catalog, patch
 from hypothesis import given, settings
@@ -29,7 +28,7 @@ from klpd.core.model import (
     Reason,
 )
 from klpd.core.planner import NotDesired, Unwanted
-from klpd.core.report import SnapshotBuilder, build_snapshot
+from klpd.core.report import SnapshotBuilder, SnapshotInputs, build_snapshot
 
 CATALOGS = [
     catalog(
@@ -63,7 +62,7 @@ class World:
     stacked: bool = False  # 6.13+: livepatches show stack_order
     last: KernelState = field(default_factory=lambda: KernelState("6.1.0-test"))
 
-    def inputs(self, stamp: bool = False) -> dict[str, Any]:
+    def inputs(self, stamp: bool = False) -> SnapshotInputs:
         """``stamp``: the state says what changed since the last one, as a kernel view's do
         (the builder then compares nothing else)."""
         state = KernelState("6.1.0-test", dict(self.modules), dict(self.livepatches))
@@ -76,21 +75,21 @@ class World:
             self.last = state.stamped(number, last.generation, frozenset(moved))
         else:
             self.last = state.stamped(number, 0, None)
-        return {
-            "catalog": CATALOGS[self.cat],
-            "state": state,
-            "desired": self.desired,
-            "notes": self.notes,
-            "refused": self.refused,
-            "refusals": self.refusals,
-            "pending": list(self.pending),
-            "failures": self.failures,
-            "quarantined": self.quarantined,
-            "transition": None,
-            "overall": OverallState.CONVERGING,
-            "last_error": "",
-            "last_reconcile": 0.0,
-        }
+        return SnapshotInputs(
+            catalog=CATALOGS[self.cat],
+            state=state,
+            desired=self.desired,
+            notes=self.notes,
+            refused=self.refused,
+            refusals=self.refusals,
+            pending=list(self.pending),
+            failures=self.failures,
+            quarantined=self.quarantined,
+            transition=None,
+            overall=OverallState.CONVERGING,
+            last_error="",
+            last_reconcile=0.0,
+        )
 
 
 def livepatch(name: str, kind: str, order: int | None, patched: bool | None) -> LivePatchState:
@@ -180,7 +179,7 @@ def test_every_build_equals_a_fresh_one(data: st.DataObject) -> None:
     for _ in range(data.draw(st.integers(1, 25))):
         data.draw(st.sampled_from(STEPS))(world, data)
         inputs = world.inputs(stamp=data.draw(st.booleans()))
-        assert builder.build(**inputs) == build_snapshot(**inputs)
+        assert builder.build(inputs) == build_snapshot(inputs)
 
 
 def applied_world(objects: Mapping[str, str]) -> World:
@@ -196,22 +195,22 @@ def applied_world(objects: Mapping[str, str]) -> World:
 
 def test_what_did_not_change_is_not_made_again() -> None:
     world, builder = applied_world({"ext4": "", "xfs": ""}), SnapshotBuilder()
-    before = builder.build(**world.inputs())
+    before = builder.build(world.inputs())
     world.livepatches["lpb__ext4"] = livepatch("lpb__ext4", "patching", None, True)
-    after = builder.build(**world.inputs())
+    after = builder.build(world.inputs())
     assert after.patch("lpb") != before.patch("lpb")
     for name in ("lpa", "lpa_v2", "lprep"):
         assert after.patch(name) is before.patch(name)
     lpb_before, lpb_after = before.patch("lpb"), after.patch("lpb")
     assert lpb_before is not None and lpb_after is not None
     assert lpb_after.modules[0] is lpb_before.modules[0]  # lpb__vmlinux: untouched
-    assert after == build_snapshot(**world.inputs())
+    assert after == build_snapshot(world.inputs())
 
 
 def test_a_failure_recorded_in_place_is_seen() -> None:
     world, builder = applied_world({"ext4": ""}), SnapshotBuilder()
-    builder.build(**world.inputs())
+    builder.build(world.inputs())
     world.failures["lpa__xfs"] = "EBUSY"  # the memory's dict, changed in place
-    report = builder.build(**world.inputs()).patch("lpa")
+    report = builder.build(world.inputs()).patch("lpa")
     assert report is not None
     assert [m.error for m in report.modules if m.module == "lpa__xfs"] == ["EBUSY"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from klpd.client.render import render_status, render_versions
 from klpd.core.model import Catalog, KernelState, LivePatchState, ObjectState, OverallState
-from klpd.core.report import build_snapshot
+from klpd.core.report import SnapshotInputs, build_snapshot
 from klpd.core.stacking import FunctionVersion, live_functions
 
 F = "klpd_target_value,1"
@@ -70,17 +70,19 @@ def test_object_not_loaded_is_not_on_the_stack() -> None:
 def test_snapshot_and_klpctl_show_it() -> None:
     st = state(lp("lpa__klpd_target", 1), lp("lpb__klpd_target", 2))
     snap = build_snapshot(
-        catalog=Catalog(patches={}),
-        state=st,
-        desired=frozenset(),
-        notes={},
-        refused=frozenset(),
-        pending=(),
-        failures={},
-        transition=None,
-        overall=OverallState.CONVERGED,
-        last_error="",
-        last_reconcile=0.0,
+        SnapshotInputs(
+            catalog=Catalog(patches={}),
+            state=st,
+            desired=frozenset(),
+            notes={},
+            refused=frozenset(),
+            pending=(),
+            failures={},
+            transition=None,
+            overall=OverallState.CONVERGED,
+            last_error="",
+            last_reconcile=0.0,
+        )
     )
     d = snap.to_dict()
     assert d["functions"][0]["live"] == "lpb__klpd_target"
