@@ -48,7 +48,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     here = Path(__file__).resolve().parent
     if any(here / "system" in item.path.parents for item in session.items):
-        _system_guest().image_soon()  # the .deb and the Debian 13 guest's disk (tests/system)
+        _system_guest().run_soon()  # the .deb, the Debian 13 guest's disk and its boots
     realkernel = here / "realkernel"
     files = {Path(str(item.path)).name for item in session.items if realkernel in item.path.parents}
     if not files:

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,16 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 from lines import BY_NAME, LINES, Build, HarnessError, prepare, prepare_soon, prepared  # noqa: E402
+
+
+def guest_slot() -> AbstractContextManager[None]:
+    """In a test session (tests/ on sys.path), one of its guest slots; as a script, none."""
+    try:
+        from guestslots import guest_slot as slot
+    except ImportError:
+        return nullcontext()
+    return slot()
+
 
 __all__ = ["BY_NAME", "LINES", "Build", "HarnessError", "prepare", "prepare_soon", "prepared"]
 GUEST_DIR = HERE / "guest"
@@ -291,6 +302,13 @@ def run_guest(
 
     argv = [*qemu_argv(build, initrd, results_dir, mem_mb=mem_mb), *extra_qemu_args]
     (results_dir / "qemu.argv").write_text(json.dumps(argv))
+    with guest_slot():  # at most two guests at once in a test session (tests/guestslots.py)
+        return _boot(argv, results_dir, timeout, echo_console, expect_crash)
+
+
+def _boot(
+    argv: list[str], results_dir: Path, timeout: float, echo_console: bool, expect_crash: bool
+) -> GuestRun:
     start = time.monotonic()
     markers: dict[str, float] = {}
     console: list[str] = []

@@ -25,6 +25,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from guestslots import guest_slot
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 BUILD = REPO / "build" / "system"
@@ -171,21 +173,36 @@ def make_image(deb: Path) -> Image:
     return Image(disk, kernel, initrd, kver, deb, apt_log)
 
 
-_IMAGE: Future[Image] | None = None
-_IMAGE_LOCK = threading.Lock()
+@dataclass(frozen=True)
+class Run:
+    image: Image
+    first: Boot  # boots 1 and 2 (a reboot inside the guest)
+    second: Boot  # boot 3, klpd.enable=0
 
 
-def image_soon() -> Future[Image]:
-    """The package and the guest's disk (:func:`build_deb`, :func:`make_image`), made once
-    in a background thread: tests/conftest.py starts it when the session has collected these
-    tests, so that it overlaps the tests before them."""
-    global _IMAGE
-    with _IMAGE_LOCK:
-        if _IMAGE is None:
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="system-image")
-            _IMAGE = pool.submit(lambda: make_image(build_deb()))
+def run() -> Run:
+    """The package, the guest's disk, and the two qemu runs (three boots)."""
+    image = make_image(build_deb())
+    first = boot(image, log_name="console-boot1-2.log")
+    second = boot(image, "klpd.enable=0", log_name="console-boot3.log")
+    return Run(image, first, second)
+
+
+_RUN: Future[Run] | None = None
+_RUN_LOCK = threading.Lock()
+
+
+def run_soon() -> Future[Run]:
+    """:func:`run`, once, in a background thread: tests/conftest.py starts it when the
+    session has collected these tests, so that the package, the disk and the boots overlap
+    the tests before them (the boots wait for a guest slot: tests/guestslots.py)."""
+    global _RUN
+    with _RUN_LOCK:
+        if _RUN is None:
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="system-guest")
+            _RUN = pool.submit(run)
             pool.shutdown(wait=False)
-        return _IMAGE
+        return _RUN
 
 
 def _newer_sources(ko_dir: Path) -> bool:
@@ -212,9 +229,19 @@ def boot(image: Image, extra_append: str = "", log_name: str = "console.log") ->
         "-drive", f"file={image.disk},format=raw,if=virtio",
         "-append", append,
     ]  # fmt: skip
-    start = time.monotonic()
+    with guest_slot():  # at most two guests at once in a test session (tests/guestslots.py)
+        start = time.monotonic()
+        proc = _qemu(argv, log_name)
+        seconds = time.monotonic() - start
+    (BUILD / log_name).write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise GuestError(f"qemu exited {proc.returncode}: {BUILD / log_name}")
+    return Boot(proc.stdout, seconds)
+
+
+def _qemu(argv: list[str], log_name: str) -> subprocess.CompletedProcess[str]:
     try:
-        proc = subprocess.run(
+        return subprocess.run(
             argv,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -228,10 +255,6 @@ def boot(image: Image, extra_append: str = "", log_name: str = "console.log") ->
         raise GuestError(
             f"the guest did not power off in {QEMU_TIMEOUT:.0f} s: {BUILD / log_name}"
         ) from e
-    (BUILD / log_name).write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        raise GuestError(f"qemu exited {proc.returncode}: {BUILD / log_name}")
-    return Boot(proc.stdout, time.monotonic() - start)
 
 
 def read_results(image: Image, dest: Path) -> Path:
