@@ -64,7 +64,7 @@ class Quarantine:
         stage = "after it was applied" if self.applied_at is not None else "while it was loading"
         return (
             f"quarantined: the machine went down {stage} (loaded {when} in boot "
-            f"{self.boot_id}); clear with `klpctl quarantine clear {self.module}`"
+            f"{self.boot_id}); `klpctl enable` of its patch clears it"
         )
 
 
