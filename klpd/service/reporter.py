@@ -98,7 +98,18 @@ class Reporter:
 
     def blocking_tasks(self) -> tuple[BlockingTask, ...]:
         t = self.transition
-        return () if t is None else self._port.blocking_tasks(t.target_patched)
+        if t is not None:
+            return self._port.blocking_tasks(t.target_patched)
+        # Not watching one, the kernel may still run one: klpd can be inside the modprobe
+        # that started it (on 6.12 under TCG modprobe returned seconds after the transition
+        # began, and `klpctl blocking` in between said no task blocked), or another tool's
+        # began since klpd last read sysfs.
+        pic = self._picture
+        for module in (*(a.module for a in pic.pending[:1]), *pic.state.livepatches):
+            if self._port.in_transition(module):
+                lp = self._port.read_livepatch(module)
+                return () if lp is None else self._port.blocking_tasks(lp.enabled)
+        return ()
 
     def _build(self) -> Snapshot:
         pic, mem, current = self._picture, self._memory, self.transition

@@ -266,6 +266,21 @@ async def test_stall_wait_reports_and_keeps_waiting(tmp_path: Path) -> None:
     assert w.orch.memory.failures == {}
 
 
+async def test_blocking_tasks_of_a_transition_klpd_is_not_watching(tmp_path: Path) -> None:
+    """On 6.12 under TCG a livepatch's modprobe returned seconds after its transition began:
+    `klpctl blocking` asked in between must still see the task (klpd_failures, 2 Dec)."""
+    w = stalling_world(tmp_path, "wait")
+    w.kernel.stalled.discard("lpa__ext4")
+    await w.converge()
+    assert w.orch.reporter.transition is None
+    w.kernel.patches["lpa__ext4"].transition = 10**6  # as if a modprobe had just started it
+    w.kernel.stalled.add("lpa__ext4")
+    assert [b.comm for b in w.orch.reporter.blocking_tasks()] == ["sleeper"]
+    w.kernel.stalled.discard("lpa__ext4")
+    w.kernel.patches["lpa__ext4"].transition = 0
+    assert w.orch.reporter.blocking_tasks() == ()
+
+
 async def test_stall_force(tmp_path: Path) -> None:
     w = stalling_world(tmp_path, "force")
     await w.converge()
